@@ -9,6 +9,7 @@ readers shift scales that include 0 — see ``readers``).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -107,6 +108,14 @@ class RatingMatrix:
             return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=self.shape)
 
         return replace(self, train=pick(~is_val), val=pick(is_val))
+
+    def fingerprint(self) -> str:
+        """sha256 of the training matrix (shape, pattern and values): ties models and resumes to their data."""
+        h = hashlib.sha256()
+        h.update(np.asarray(self.shape, dtype=np.int64).tobytes())
+        for arr in (self.train.indptr, self.train.indices, self.train.data):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
 
     def summary(self) -> str:
         parts = [f"{self.name}: {self.n_users} users x {self.n_items} items", f"train {self.train.nnz:,}"]
