@@ -70,9 +70,10 @@ def load_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{meta_path} is corrupt (not valid JSON): {e}") from e
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{meta_path}: unsupported format_version {meta.get('format_version') if isinstance(meta, dict) else None!r}"
+            f"{meta_path}: unsupported format_version {version!r}"
             f" (this glocalk reads version {FORMAT_VERSION})"
         )
     try:

@@ -42,6 +42,10 @@ class GLocalKConfig:
     # sqrt(n_items), so the kernel's magnitude no longer grows with the number of items
     # (see docs/RESULTS.md, the ML-1M fine-tuning collapse).
     gk_norm: str = "paper"
+    # Ablations: local_kernel=False gives K = 1 (plain AutoRec layers, no lambda_s term);
+    # global_kernel=False makes stage 2 keep training on R instead of R_hat.
+    local_kernel: bool = True
+    global_kernel: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,9 +59,10 @@ def _truncated_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
 class KernelLayer(nn.Module):
     """y = act(x @ (W * K) + b) with the local kernel K[i, j] = max(0, 1 - ||u_i - v_j||^2)."""
 
-    def __init__(self, n_in: int, n_out: int, n_dim: int, activation: str) -> None:
+    def __init__(self, n_in: int, n_out: int, n_dim: int, activation: str, use_kernel: bool = True) -> None:
         super().__init__()
         self.activation = activation
+        self.use_kernel = use_kernel
         self.W = nn.Parameter(torch.empty(n_in, n_out))
         self.b = nn.Parameter(torch.empty(n_out))
         self.u = nn.Parameter(torch.empty(n_in, 1, n_dim))
@@ -78,6 +83,8 @@ class KernelLayer(nn.Module):
 
     def weight_and_regulariser(self, lambda_s: float, lambda_2: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(W * K, lambda_s/2 * sum(K^2) + lambda_2/2 * sum(W^2)) -- TF l2_regularizer scaling."""
+        if not self.use_kernel:
+            return self.W, 0.5 * lambda_2 * (self.W * self.W).sum()
         k = self.local_kernel()
         reg = 0.5 * lambda_s * (k * k).sum() + 0.5 * lambda_2 * (self.W * self.W).sum()
         return self.W * k, reg
@@ -141,21 +148,24 @@ class GLocalK(nn.Module):
         self.n_items, self.n_users = n_items, n_users
         sizes = [n_users] + [c.n_hid] * c.n_layers
         self.hidden = nn.ModuleList(
-            KernelLayer(sizes[i], sizes[i + 1], c.n_dim, "sigmoid") for i in range(c.n_layers)
+            KernelLayer(sizes[i], sizes[i + 1], c.n_dim, "sigmoid", c.local_kernel) for i in range(c.n_layers)
         )
-        self.out = KernelLayer(c.n_hid, n_users, c.n_dim, "identity")
+        self.out = KernelLayer(c.n_hid, n_users, c.n_dim, "identity", c.local_kernel)
         # C: (n_items, gk_size^2), truncated normal std 0.1; trained in stage 2 only.
         self.gk_weight = nn.Parameter(_truncated_normal_(torch.empty(n_items, c.gk_size**2), 0.1))
 
     # -- parameters of each stage -------------------------------------------------------
 
     def network_parameters(self) -> list[nn.Parameter]:
-        """Stage-1 variables: every kernel layer's W, b, u, v."""
-        return [p for layer in [*self.hidden, self.out] for p in layer.parameters()]
+        """Stage-1 variables: every kernel layer's W, b (and u, v when the local kernel is on)."""
+        layers = [*self.hidden, self.out]
+        if self.config.local_kernel:
+            return [p for layer in layers for p in layer.parameters()]
+        return [p for layer in layers for p in (layer.W, layer.b)]
 
     def finetune_parameters(self) -> list[nn.Parameter]:
-        """Stage-2 variables: the network's plus the global kernel matrix C."""
-        return self.network_parameters() + [self.gk_weight]
+        """Stage-2 variables: the network's plus the global kernel matrix C (when it is used)."""
+        return self.network_parameters() + ([self.gk_weight] if self.config.global_kernel else [])
 
     # -- the forward pieces --------------------------------------------------------------
 
@@ -234,7 +244,7 @@ class GLocalK(nn.Module):
         x = R in stage 1 (pre-training) and R_hat = relu(conv2d(R, g)) in stage 2.
         """
         weights, reg = self.weights()
-        if stage == 1:
+        if stage == 1 or not self.config.global_kernel:
             x = (data.pattern, data.values) if data.is_sparse else data.dense
         else:
             x = self._conv_input(data, weights)
@@ -249,7 +259,7 @@ class GLocalK(nn.Module):
     def hidden_representation(self, data: TrainingInput, stage: int) -> tuple[torch.Tensor, list]:
         """The last hidden layer for prediction: f's encoding of R (stage 1) or of R_hat (stage 2)."""
         weights, _ = self.weights()
-        if stage == 1:
+        if stage == 1 or not self.config.global_kernel:
             x = (data.pattern, data.values) if data.is_sparse else data.dense
         else:
             x = self._conv_input(data, weights)

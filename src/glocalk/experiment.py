@@ -1,0 +1,117 @@
+"""Paper-protocol experiments: run seeds, aggregate mean ± std, write summary.json and epoch logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import scipy
+import torch
+
+import glocalk
+from glocalk.data import RatingMatrix
+from glocalk.presets import split_config
+from glocalk.train import Trainer, TrainResult
+
+PROTOCOLS = ("best", "final", "val_selected")
+METRICS = ("rmse", "mae", "ndcg")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    return {"glocalk": glocalk.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "python": platform.python_version()}
+
+
+def device_description(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+           f"{torch.get_num_threads()} torch threads)"
+
+
+def write_json_atomic(path: str | Path, obj: dict) -> None:
+    """Write JSON via a temporary file and rename, so a crash never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Means (under ``best``/``final``/``val_selected``/``ensemble``) and stds (under ``std``) over runs."""
+    out: dict = {"std": {}}
+    for protocol in (*PROTOCOLS, "ensemble"):
+        entries = [r[protocol] for r in runs if r.get(protocol)]
+        if len(entries) != len(runs) or not entries:
+            continue
+        keys = [k for k in entries[0] if all(k in e for e in entries)]
+        values = {k: np.array([e[k] for e in entries], dtype=float) for k in keys}
+        out[protocol] = {k: float(v.mean()) for k, v in values.items()}
+        out["std"][protocol] = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+    return out
+
+
+def run_seed(data: RatingMatrix, params: dict, seed: int, out_dir: Path, val_frac: float | None = None,
+             on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> tuple[dict, TrainResult]:
+    """One seed of the protocol; writes ``out_dir/epochs.jsonl`` and ``out_dir/summary.json``."""
+    model_config, train_config = split_config({**params, "seed": seed})
+    run_data = data.with_validation(val_frac, seed=seed) if val_frac else data
+    t0 = time.perf_counter()
+    trainer = Trainer(run_data, model_config, train_config)
+    result = trainer.run(on_epoch=on_epoch, log_path=out_dir / "epochs.jsonl",
+                         checkpoint_dir=out_dir / "state", resume=resume)
+    summary = {
+        "dataset": data.name, "seed": seed, "path": result.path,
+        "wall_time_s": time.perf_counter() - t0, "train_time_s": result.seconds,
+        "epochs_run": len(result.history),
+        "best": result.best, "final": result.final, "val_selected": result.val_selected,
+        "function_evaluations": int(sum(r["nfev"] for r in result.history)),
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+    return summary, result
+
+
+def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: str | Path,
+                   val_frac: float | None = None, device: str = "cpu",
+                   on_epoch: Callable[[int, dict], None] | None = None, resume: bool = False,
+                   command: list[str] | None = None) -> dict:
+    """Run every seed, write ``out_dir/summary.json`` (means, stds, per-seed runs) and return it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {**params, "device": device}
+    t0 = time.perf_counter()
+    runs = []
+    header = {
+        "dataset": data.name, "seeds": list(seeds), "hyperparameters": params, "val_frac": val_frac,
+        "data": {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(data.train.nnz),
+                 "n_test": int(data.test.nnz) if data.test is not None else 0,
+                 "rating_scale": list(data.rating_scale), "fingerprint": data.fingerprint()},
+        "versions": versions(), "device": device_description(device),
+        "command": command if command is not None else sys.argv,
+    }
+    for seed in seeds:
+        callback = None if on_epoch is None else (lambda rec, seed=seed: on_epoch(seed, rec))
+        seed_dir = out_dir / f"seed-{seed}"
+        summary, _ = run_seed(data, params, seed, seed_dir, val_frac, callback, resume)
+        summary["epoch_log"] = str((seed_dir / "epochs.jsonl").relative_to(out_dir))
+        runs.append(summary)
+        # Rewritten after each seed, so an interrupted multi-seed run keeps what it finished.
+        write_json_atomic(out_dir / "summary.json", {
+            **header, "wall_time_s": time.perf_counter() - t0, "complete": len(runs) == len(seeds),
+            **aggregate(runs), "runs": runs})
+    return json.loads((out_dir / "summary.json").read_text())
