@@ -132,7 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     on_epoch, close = _progress(params["epoch_p"] + params["epoch_f"], len(args.seed), args.quiet)
     try:
         summary = run_experiment(data, params, args.seed, out, val_frac=args.val_frac, device=args.device,
-                                 on_epoch=on_epoch, resume=args.resume, command=["glocalk", *sys.argv[1:]])
+                                 on_epoch=on_epoch, resume=args.resume, command=["glocalk", *sys.argv[1:]],
+                                 ensemble=args.ensemble)
     finally:
         close()
     print_summary(summary, out)
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="download the canonical files (checksum-verified) if they are missing")
     p.add_argument("--seed", type=int, nargs="+", default=[1], help="one or more seeds (default 1)")
     p.add_argument("--out", default=None, help="output folder (default runs/DATASET-TIME)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also report the ensemble: the mean of the seeds' predictions (each seed's "
+                        "validation-selected model with --val-frac, else its last epoch)")
     _add_training_options(p)
     p.set_defaults(func=cmd_train)
 

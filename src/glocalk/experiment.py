@@ -17,6 +17,7 @@ import torch
 
 import glocalk
 from glocalk.data import RatingMatrix
+from glocalk.metrics import evaluate
 from glocalk.presets import split_config
 from glocalk.train import Trainer, TrainResult
 
@@ -53,9 +54,9 @@ def write_json_atomic(path: str | Path, obj: dict) -> None:
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """Means (under ``best``/``final``/``val_selected``/``ensemble``) and stds (under ``std``) over runs."""
+    """Means (under ``best``/``final``/``val_selected``) and stds (under ``std``) over runs."""
     out: dict = {"std": {}}
-    for protocol in (*PROTOCOLS, "ensemble"):
+    for protocol in PROTOCOLS:
         entries = [r[protocol] for r in runs if r.get(protocol)]
         if len(entries) != len(runs) or not entries:
             continue
@@ -66,9 +67,29 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
+def selected_test_predictions(trainer: Trainer, result: TrainResult) -> np.ndarray:
+    """Test predictions of the model a run hands over: the val-selected epoch's weights, else the last."""
+    if result.selected_state is not None:
+        trainer.model.load_state_dict(result.selected_state)
+        return trainer.predictions(result.selected_stage)["test"]
+    return trainer.predictions(result.history[-1]["stage"])["test"]
+
+
+def ensemble_metrics(data: RatingMatrix, predictions: list[np.ndarray], selection: str) -> dict:
+    """Metrics of the mean of several models' (unclipped) test predictions."""
+    test = data.test.tocoo()
+    mean = np.mean(predictions, axis=0)
+    return {**evaluate(mean, test.data, test.col, test.row, data.rating_scale),
+            "n_models": len(predictions), "selection": selection}
+
+
 def run_seed(data: RatingMatrix, params: dict, seed: int, out_dir: Path, val_frac: float | None = None,
-             on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> tuple[dict, TrainResult]:
-    """One seed of the protocol; writes ``out_dir/epochs.jsonl`` and ``out_dir/summary.json``."""
+             on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
+             keep_predictions: bool = False) -> tuple[dict, TrainResult, np.ndarray | None]:
+    """One seed of the protocol; writes ``out_dir/epochs.jsonl`` and ``out_dir/summary.json``.
+
+    With ``keep_predictions`` also returns the handed-over model's test predictions (for ensembles).
+    """
     model_config, train_config = split_config({**params, "seed": seed})
     run_data = data.with_validation(val_frac, seed=seed) if val_frac else data
     t0 = time.perf_counter()
@@ -83,19 +104,26 @@ def run_seed(data: RatingMatrix, params: dict, seed: int, out_dir: Path, val_fra
         "function_evaluations": int(sum(r["nfev"] for r in result.history)),
     }
     write_json_atomic(out_dir / "summary.json", summary)
-    return summary, result
+    preds = None
+    if keep_predictions and data.test is not None and data.test.nnz:
+        preds = selected_test_predictions(trainer, result)
+    return summary, result, preds
 
 
 def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: str | Path,
                    val_frac: float | None = None, device: str = "cpu",
                    on_epoch: Callable[[int, dict], None] | None = None, resume: bool = False,
-                   command: list[str] | None = None) -> dict:
-    """Run every seed, write ``out_dir/summary.json`` (means, stds, per-seed runs) and return it."""
+                   command: list[str] | None = None, ensemble: bool = False) -> dict:
+    """Run every seed, write ``out_dir/summary.json`` (means, stds, per-seed runs) and return it.
+
+    ``ensemble``: also average the seeds' test predictions (each seed's val-selected model when
+    a validation split is used, else its last epoch) into an ``ensemble`` entry.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {**params, "device": device}
     t0 = time.perf_counter()
-    runs = []
+    runs, predictions = [], []
     header = {
         "dataset": data.name, "seeds": list(seeds), "hyperparameters": params, "val_frac": val_frac,
         "data": {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(data.train.nnz),
@@ -107,11 +135,15 @@ def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: 
     for seed in seeds:
         callback = None if on_epoch is None else (lambda rec, seed=seed: on_epoch(seed, rec))
         seed_dir = out_dir / f"seed-{seed}"
-        summary, _ = run_seed(data, params, seed, seed_dir, val_frac, callback, resume)
+        summary, _, preds = run_seed(data, params, seed, seed_dir, val_frac, callback, resume, ensemble)
         summary["epoch_log"] = str((seed_dir / "epochs.jsonl").relative_to(out_dir))
         runs.append(summary)
+        extra = {}
+        if preds is not None:
+            predictions.append(preds)
+            extra["ensemble"] = ensemble_metrics(data, predictions, "val_selected" if val_frac else "final")
         # Rewritten after each seed, so an interrupted multi-seed run keeps what it finished.
         write_json_atomic(out_dir / "summary.json", {
             **header, "wall_time_s": time.perf_counter() - t0, "complete": len(runs) == len(seeds),
-            **aggregate(runs), "runs": runs})
+            **aggregate(runs), **extra, "runs": runs})
     return json.loads((out_dir / "summary.json").read_text())
