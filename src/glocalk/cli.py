@@ -140,6 +140,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from glocalk.report import epoch_table, load_summary, results_table
+
+    if args.epochs:
+        print(epoch_table(args.epochs, every=args.every), end="")
+        return 0
+    try:
+        summaries = [load_summary(p) for p in args.runs]
+    except FileNotFoundError as e:
+        raise DataError(str(e)) from e
+    print(results_table(summaries, with_paper=not args.no_paper), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glocalk", description=(
         "GLocal-K (global and local kernels for recommender systems, CIKM 2021) in PyTorch."))
@@ -164,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "validation-selected model with --val-frac, else its last epoch)")
     _add_training_options(p)
     p.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("report", help="Markdown table from the summary.json of glocalk train runs",
+                       description="Print a Markdown table (paper protocol, final epoch, validation-selected "
+                                   "and ensemble rows, mean ± std over seeds, wall time, command) from runs "
+                                   "written by glocalk train, next to the paper's numbers.")
+    r.add_argument("runs", nargs="*", help="run folders (or their summary.json files)")
+    r.add_argument("--no-paper", action="store_true", help="leave out the paper's rows")
+    r.add_argument("--epochs", default=None, help="instead: print the per-epoch table of one epochs.jsonl")
+    r.add_argument("--every", type=int, default=1, help="with --epochs: print every N-th epoch (and the last)")
+    r.set_defaults(func=cmd_report)
 
     # Own-data commands (fit/evaluate/predict/recommend) and the model comparison harness.
     from glocalk import cli_benchmark, cli_fit
