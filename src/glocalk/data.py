@@ -71,6 +71,11 @@ class RatingMatrix:
         for label, m in (("train", self.train), ("test", self.test), ("val", self.val)):
             if m is not None and m.nnz and not np.all(np.isfinite(m.data)):
                 raise DataError(f"{self.name}: the {label} split holds non-finite ratings")
+            if m is not None and m.nnz and m.data.min() < 0:
+                raise DataError(
+                    f"{self.name}: the {label} split holds negative ratings (min {m.data.min():g}); the matrix "
+                    "needs ratings > 0 because 0 means 'not rated' (read files with glocalk.readers, which "
+                    "shifts such scales)")
         if self.rating_scale is None:
             self.rating_scale = (float(self.train.data.min()), float(self.train.data.max()))
         lo, hi = self.rating_scale

@@ -129,7 +129,10 @@ def prepare_input(train: sp.csr_matrix, sparse: bool, gk_size: int = 3,
     density of the convolution's output pattern and the matrix size.
     """
     train = sp.csr_matrix(train, dtype=np.float32)
+    train.eliminate_zeros()  # a stored 0 means "not rated", as in the dense mask R > 0
     train.sort_indices()
+    if train.nnz and train.data.min() < 0:
+        raise ValueError("ratings must be positive: 0 means 'not rated' and negative values break the mask R > 0")
     if not sparse:
         dense = torch.from_numpy(train.toarray()).to(device)
         return TrainingInput(train.shape, dense=dense, mask=(dense > 0).to(dense.dtype))

@@ -181,5 +181,5 @@ class ConvPlan:
 
     def __call__(self, kernel: torch.Tensor) -> torch.Tensor:
         """Values of conv(R, kernel) on ``self.output`` (before any activation)."""
-        flat = kernel.reshape(-1, 1).to(self.shift_values.dtype)
-        return spmm(self.shift_values, flat, self.shifts).squeeze(1)
+        flat = kernel.reshape(-1, 1)
+        return spmm(self.shift_values.to(flat.dtype), flat, self.shifts).squeeze(1)

@@ -239,6 +239,8 @@ class Trainer:
         start_epoch = 1
         if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "last").exists():
             start_epoch = self._restore(Path(checkpoint_dir) / "last") + 1
+            if self.history and self._should_stop(self.history[-1]):
+                start_epoch = c.epoch_p + c.epoch_f + 1  # the run had already stopped early
         log_file = None
         if log_path is not None:
             log_path = Path(log_path)

@@ -1,0 +1,410 @@
+"""The training engine: optimiser, end-to-end learning, summaries, early stopping, validation,
+failure on non-finite losses, and resuming from checkpoints.
+
+- ``lbfgs_epoch`` reaches the closed-form minimum of a convex quadratic (both optimisers);
+- a Trainer run on a synthetic low-rank matrix beats the global-mean predictor on held-out ratings;
+- ``summarise`` on a hand-made history (paper protocol = per-metric best over fine-tuning epochs);
+- ``patience`` stops fine-tuning early (scripted validation curve), and the val-selected weights are
+  the weights of that epoch;
+- ``RatingMatrix.with_validation`` only splits the training ratings; the model never sees them;
+- a NaN loss raises TrainingError with a clear message and keeps the epoch log written so far;
+- resuming after an interruption reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from glocalk.checkpoint import CheckpointError, save_dir
+from glocalk.data import DataError, RatingMatrix
+from glocalk.model import GLocalKConfig
+from glocalk.train import TrainConfig, Trainer, TrainingError, choose_path, lbfgs_epoch, summarise
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small problems: intra-op threads only add overhead (and contention on a shared machine).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def synthetic(seed=0, n_items=60, n_users=50, rank=3, observed=0.4, test_frac=0.2):
+    """Low-rank ratings 1..5 with item and user offsets; ~40% observed, a random 20% of them held out."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((n_items, rank)), rng.standard_normal((n_users, rank))
+    score = a @ b.T / np.sqrt(rank) + 0.5 * rng.standard_normal((n_items, 1)) + 0.5 * rng.standard_normal(n_users)
+    ratings = np.clip(np.round(3 + 1.2 * score), 1, 5)
+    items, users = np.nonzero(rng.random(ratings.shape) < observed)
+    is_test = rng.random(items.size) < test_frac
+
+    def pick(sel):
+        return sp.csr_matrix((ratings[items[sel], users[sel]], (items[sel], users[sel])), shape=ratings.shape)
+
+    return RatingMatrix(pick(~is_test), test=pick(is_test), name="synthetic")
+
+
+SMALL_MODEL = dict(n_hid=16, n_dim=3, lambda_2=1.0, lambda_s=0.006)
+
+
+def strip_times(history):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "eval_seconds")} for r in history]
+
+
+# --------------------------------------------------------------------------- lbfgs_epoch
+
+
+@pytest.mark.parametrize("optimizer", ["scipy", "torch"])
+def test_lbfgs_epoch_minimises_convex_quadratic(optimizer):
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((6, 6))
+    a = m @ m.T + np.eye(6)
+    b = rng.standard_normal(6)
+    x_star = np.linalg.solve(a, b)
+    f_star = -0.5 * b @ x_star
+    p1 = torch.nn.Parameter(torch.zeros(2, 2))  # two parameters of different shapes share one flat vector
+    p2 = torch.nn.Parameter(torch.zeros(2))
+    unused = torch.nn.Parameter(torch.full((3,), 7.0))  # no gradient: must stay put
+    at, bt = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+
+    def loss_fn():
+        x = torch.cat([p1.reshape(-1), p2])
+        return 0.5 * x @ at @ x - bt @ x
+
+    out = lbfgs_epoch([p1, p2, unused], loss_fn, max_iter=100, optimizer=optimizer)
+    x = torch.cat([p1.detach().reshape(-1), p2.detach()]).double().numpy()
+    np.testing.assert_allclose(x, x_star, rtol=1e-3, atol=1e-3, err_msg=f"{optimizer}: not at the minimum")
+    assert out["loss"] == pytest.approx(f_star, rel=1e-4, abs=1e-5), f"{optimizer}: {out['loss']} vs {f_star}"
+    assert out["nfev"] >= 1 and 1 <= out["nit"] <= 100
+    assert torch.equal(unused.detach(), torch.full((3,), 7.0))
+
+
+def test_lbfgs_epoch_respects_max_iter_and_restarts_from_current_values():
+    a = torch.diag(torch.tensor([1.0, 10.0, 100.0]))
+    p = torch.nn.Parameter(torch.tensor([1.0, 1.0, 1.0]))
+
+    def loss_fn():
+        return 0.5 * p @ a @ p
+
+    losses = []
+    for _ in range(3):
+        out = lbfgs_epoch([p], loss_fn, max_iter=1)
+        assert out["nit"] <= 1, f"max_iter=1 ran {out['nit']} iterations"
+        assert out["loss"] == pytest.approx(loss_fn().item(), rel=1e-6), "reported loss is the loss at the result"
+        losses.append(out["loss"])
+    assert losses[0] > losses[1] > losses[2], f"each epoch must continue from the current parameters: {losses}"
+
+
+def test_lbfgs_epoch_rejects_unknown_optimizer():
+    p = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(ValueError, match="optimizer"):
+        lbfgs_epoch([p], lambda: (p * p).sum(), 1, optimizer="adam")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_trainer_learns_low_rank_matrix():
+    data = synthetic(seed=0)
+    test = data.test.tocoo()
+    global_mean = float(data.train.data.mean())
+    baseline = math.sqrt(np.mean((test.data - global_mean) ** 2))
+    results = {}
+    for path in ("dense", "sparse"):
+        tc = TrainConfig(epoch_p=6, epoch_f=4, iter_p=10, iter_f=10, path=path, seed=2)
+        res = Trainer(data, GLocalKConfig(n_hid=24, **{k: v for k, v in SMALL_MODEL.items() if k != "n_hid"}),
+                      tc).run()
+        results[path] = res
+        rmses = [r["test_rmse"] for r in res.history]
+        assert res.path == path and len(res.history) == 10
+        assert [r["stage"] for r in res.history] == [1] * 6 + [2] * 4
+        assert res.final["rmse"] < 0.85 * baseline, f"{path}: final RMSE {res.final['rmse']:.3f} vs mean {baseline:.3f}"
+        assert res.best["rmse"] < 0.8 * baseline, f"{path}: per-epoch test RMSE {rmses}, baseline {baseline:.3f}"
+        assert rmses[5] < rmses[0], f"{path}: pre-training did not improve the test RMSE: {rmses}"
+        # The reported metrics are those of the clipped model predictions.
+        pred = res.model.predict_dense(res.data, 2).double().numpy()[test.row, test.col]
+        ref = math.sqrt(np.mean((np.clip(pred, 1, 5) - test.data) ** 2))
+        assert res.final["rmse"] == pytest.approx(ref, rel=1e-6), "final RMSE must be that of the clipped predictions"
+    d, s = results["dense"].history, results["sparse"].history
+    assert d[0]["loss"] == pytest.approx(s[0]["loss"], rel=1e-4), "dense and sparse paths diverge from epoch 1"
+
+
+def test_choose_path_and_config_validation():
+    assert choose_path((100, 100), 2000, "auto") == "sparse"  # density .2
+    assert choose_path((100, 100), 3000, "auto") == "dense"  # density .3
+    assert choose_path((100, 100), 10, "dense") == "dense" and choose_path((10, 10), 90, "sparse") == "sparse"
+    with pytest.raises(ValueError, match="path"):
+        choose_path((10, 10), 5, "bogus")
+    data = synthetic(seed=1, n_items=10, n_users=8)
+    with pytest.raises(ValueError, match="epoch_p"):
+        Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=-1))
+    with pytest.raises(ValueError, match="nothing to train"):
+        Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=0, epoch_f=0))
+
+
+# --------------------------------------------------------------------------- summarise
+
+
+def hand_history():
+    nan = float("nan")
+    return [
+        # Pre-training epoch with the best numbers of all: the paper protocol must ignore it.
+        {"epoch": 1, "stage": 1, "test_rmse": 0.50, "test_mae": 0.40, "test_ndcg": 0.99, "val_rmse": 0.10},
+        {"epoch": 2, "stage": 2, "test_rmse": 0.95, "test_mae": 0.70, "test_ndcg": 0.90, "val_rmse": 0.99},
+        {"epoch": 3, "stage": 2, "test_rmse": 0.90, "test_mae": 0.75, "test_ndcg": 0.91, "val_rmse": 0.97},
+        {"epoch": 4, "stage": 2, "test_rmse": 0.92, "test_mae": 0.72, "test_ndcg": 0.93, "val_rmse": 0.95},
+        {"epoch": 5, "stage": 2, "test_rmse": 0.93, "test_mae": 0.71, "test_ndcg": nan, "val_rmse": 0.96},
+    ]
+
+
+def test_summarise_hand_made_history():
+    best, final, val_sel = summarise(hand_history())
+    assert best["rmse"] == 0.90 and best["rmse_epoch"] == 3 and best["epoch"] == 3, best
+    assert best["mae"] == 0.70 and best["mae_epoch"] == 2, best
+    assert best["ndcg"] == 0.93 and best["ndcg_epoch"] == 4, f"NaN NDCG must not win: {best}"
+    assert final["epoch"] == 5 and final["rmse"] == 0.93 and final["mae"] == 0.71 and math.isnan(final["ndcg"])
+    assert val_sel == {"epoch": 4, "val_rmse": 0.95, "rmse": 0.92, "mae": 0.72, "ndcg": 0.93}, val_sel
+
+
+def test_summarise_edge_cases():
+    assert summarise([]) == (None, None, None)
+    stage1 = [r for r in hand_history() if r["stage"] == 1] + [
+        {"epoch": 2, "stage": 1, "test_rmse": 0.6, "test_mae": 0.3, "test_ndcg": 0.5, "val_rmse": 0.2}]
+    best, final, val_sel = summarise(stage1)  # no fine-tuning: pre-training epochs are the pool
+    assert (best["rmse"], best["mae"], best["ndcg"]) == (0.50, 0.30, 0.99) and final["epoch"] == 2
+    assert val_sel["epoch"] == 1
+    no_test = [{"epoch": 1, "stage": 2, "val_rmse": 0.9}, {"epoch": 2, "stage": 2, "val_rmse": 0.8}]
+    best, final, val_sel = summarise(no_test)
+    assert best is None and final == {"epoch": 2} and val_sel == {"epoch": 2, "val_rmse": 0.8}
+    no_val = [{k: v for k, v in r.items() if k != "val_rmse"} for r in hand_history()]
+    assert summarise(no_val)[2] is None
+
+
+# --------------------------------------------------------------------------- patience / selection
+
+
+def scripted_trainer(val_curve, epoch_p, epoch_f, patience, monkeypatch):
+    data = synthetic(seed=3, n_items=12, n_users=10).with_validation(0.2, seed=0)
+    tr = Trainer(data, GLocalKConfig(**SMALL_MODEL),
+                 TrainConfig(epoch_p=epoch_p, epoch_f=epoch_f, iter_p=1, iter_f=1, patience=patience))
+    curve = iter(val_curve)
+
+    def fake_evaluate(stage):
+        v = next(curve)
+        return {"train_rmse": 1.0, "val_rmse": v, "test_rmse": v + 0.1, "test_mae": v, "test_ndcg": 0.9}
+
+    monkeypatch.setattr(tr, "evaluate", fake_evaluate)
+    return tr
+
+
+def test_patience_stops_fine_tuning_early(monkeypatch):
+    # Pre-training (2 epochs) gets worse and must not trigger the stop; fine-tuning is best at its epoch 2.
+    curve = [1.0, 2.0, 3.0] + [1.0, 0.9, 0.95, 0.96, 0.97, 0.1, 0.1, 0.1]
+    tr = scripted_trainer(curve, epoch_p=3, epoch_f=8, patience=2, monkeypatch=monkeypatch)
+    states = {}
+    res = tr.run(on_epoch=lambda rec: states.update(
+        {rec["epoch"]: {k: v.detach().clone() for k, v in tr.model.state_dict().items()}}))
+    assert [r["epoch"] for r in res.history] == [1, 2, 3, 4, 5, 6, 7], "stop 2 epochs after the best fine-tuning one"
+    assert res.val_selected["epoch"] == 5 and res.val_selected["val_rmse"] == 0.9
+    assert res.selected_stage == 2
+    assert res.selected_state is not None
+    for k, v in states[5].items():
+        assert torch.equal(res.selected_state[k], v), f"selected_state.{k} is not the val-selected epoch's weight"
+    assert not torch.equal(res.selected_state["gk_weight"], states[7]["gk_weight"]), "test setup: weights moved"
+
+
+def test_no_patience_runs_all_epochs(monkeypatch):
+    curve = [1.0, 1.0] + [0.5, 0.9, 0.95, 0.96]
+    tr = scripted_trainer(curve, epoch_p=2, epoch_f=4, patience=None, monkeypatch=monkeypatch)
+    res = tr.run()
+    assert len(res.history) == 6 and res.val_selected["epoch"] == 3
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def test_with_validation_only_splits_training_ratings():
+    data = synthetic(seed=4)
+    v = data.with_validation(0.25, seed=7)
+    assert v.val.nnz == round(0.25 * data.train.nnz) and v.train.nnz + v.val.nnz == data.train.nnz
+    assert (v.test != data.test).nnz == 0, "the test split must be untouched"
+    assert (v.train + v.val != data.train).nnz == 0, "train + val must be the original training ratings"
+    assert v.train.multiply(v.val).nnz == 0, "train and val must be disjoint"
+    assert v.val.multiply(data.test).nnz == 0 and v.train.multiply(data.test).nnz == 0
+    assert v.rating_scale == data.rating_scale
+    again = data.with_validation(0.25, seed=7)
+    assert (again.val != v.val).nnz == 0, "the split is seeded"
+    assert (data.with_validation(0.25, seed=8).val != v.val).nnz > 0
+    for frac in (0.0, 1.0, -0.1, 1e-9):
+        with pytest.raises(DataError):
+            data.with_validation(frac)
+    # The trainer's input is the reduced training matrix: validation ratings never enter training.
+    tr = Trainer(v, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=1, epoch_f=0, iter_p=1, path="dense"))
+    np.testing.assert_array_equal(tr.input.dense.numpy(), v.train.toarray())
+    rec = tr.run().history[0]
+    assert {"train_rmse", "val_rmse", "val_mae", "test_rmse", "test_mae", "test_ndcg"} <= set(rec)
+
+
+# --------------------------------------------------------------------------- non-finite loss
+
+
+@pytest.mark.parametrize("nan_epoch", [3, 4])  # stage 1 epoch 3 / stage 2 epoch 1
+def test_nan_loss_raises_and_keeps_log(tmp_path, nan_epoch):
+    data = synthetic(seed=5, n_items=15, n_users=12)
+    tr = Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=3, epoch_f=2, iter_p=2, iter_f=2))
+    original = tr.model.loss
+    state = {"nan": False}
+
+    def loss(inp, stage):
+        out = original(inp, stage)
+        return out * float("nan") if state["nan"] else out
+
+    tr.model.loss = loss
+
+    def on_epoch(rec):
+        if rec["epoch"] == nan_epoch - 1:
+            state["nan"] = True
+
+    log = tmp_path / "log.jsonl"
+    with pytest.raises(TrainingError) as info:
+        tr.run(on_epoch=on_epoch, log_path=log)
+    msg = str(info.value)
+    stage, stage_epoch = (1, 3) if nan_epoch == 3 else (2, 1)
+    assert "non-finite loss" in msg and f"stage {stage} epoch {stage_epoch}" in msg, msg
+    assert str(log) in msg, f"the message should point at the log: {msg}"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(1, nan_epoch)), "the epochs before the failure stay logged"
+    assert all(math.isfinite(r["loss"]) for r in lines)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _resume_setup():
+    data = synthetic(seed=6, n_items=20, n_users=16).with_validation(0.15, seed=1)
+    mc = GLocalKConfig(**SMALL_MODEL)
+    tc = TrainConfig(epoch_p=3, epoch_f=3, iter_p=3, iter_f=3, seed=4, path="sparse")
+    return data, mc, tc
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [2, 3, 5])
+def test_resume_equals_uninterrupted_run(tmp_path, stop_after):
+    data, mc, tc = _resume_setup()
+    full = Trainer(data, mc, tc).run()
+
+    def interrupt(rec):
+        if rec["epoch"] == stop_after:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(data, mc, tc).run(on_epoch=interrupt, checkpoint_dir=ck)
+    resumed_epochs = []
+    log = tmp_path / "log.jsonl"
+    res = Trainer(data, mc, tc).run(on_epoch=lambda r: resumed_epochs.append(r["epoch"]), checkpoint_dir=ck,
+                                    resume=True, log_path=log)
+    assert resumed_epochs == list(range(stop_after + 1, 7)), "resume must continue after the checkpointed epoch"
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == list(range(1, 7))
+    h_full, h_res = strip_times(full.history), strip_times(res.history)
+    assert len(h_res) == len(h_full)
+    for a, b in zip(h_full, h_res, strict=True):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), f"epoch {a['epoch']} {k}: {b[k]} vs {a[k]}"
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(res.model.state_dict()[k], v, rtol=1e-4, atol=1e-6, msg=f"final weight {k}")
+    assert res.val_selected["epoch"] == full.val_selected["epoch"]
+    for k, v in full.selected_state.items():
+        torch.testing.assert_close(res.selected_state[k], v, rtol=1e-4, atol=1e-6, msg=f"selected weight {k}")
+    assert res.best == pytest.approx(full.best) and res.final == pytest.approx(full.final)
+
+
+def test_resume_rejects_other_config_and_non_training_state(tmp_path):
+    data, mc, tc = _resume_setup()
+    ck = tmp_path / "ck"
+    Trainer(data, mc, TrainConfig(**{**tc.to_dict(), "epoch_p": 1, "epoch_f": 0})).run(checkpoint_dir=ck)
+    with pytest.raises(TrainingError, match="train_config"):
+        Trainer(data, mc, tc).run(checkpoint_dir=ck, resume=True)
+    other = tmp_path / "other"
+    save_dir(other / "last", {"x": torch.zeros(1)}, {"kind": "something-else"})
+    with pytest.raises(CheckpointError, match="not a training state"):
+        Trainer(data, mc, tc).run(checkpoint_dir=other, resume=True)
+
+
+# --------------------------------------------------------------------------- known bugs found by this suite
+
+
+def test_negative_ratings_rejected_or_both_paths_agree():
+    """BUG (found by this suite): RatingMatrix accepts ratings < 0 (only zeros are dropped, though data.py
+    says scales must be > 0). The dense path then masks with R > 0 and ignores them as targets (but
+    still feeds them as inputs), while the sparse path trains on them: the two paths optimise different
+    losses. Either RatingMatrix must raise DataError, or both paths must agree."""
+    r = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 2.0], [-2.0, 1.0, 0.0]], dtype=np.float32)
+    try:
+        data = RatingMatrix(sp.csr_matrix(r))
+    except DataError:
+        return
+    losses = {}
+    for path in ("dense", "sparse"):
+        tr = Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=1, epoch_f=0, iter_p=1, path=path))
+        losses[path] = tr.model.loss(tr.input, 1).item()
+    assert losses["dense"] == pytest.approx(losses["sparse"], rel=1e-5), (
+        f"BUG: RatingMatrix accepted negative ratings (scale {data.rating_scale}) and the paths disagree "
+        f"on the loss: {losses}")
+
+
+class _Scripted:
+    """A validation curve fed to Trainer.evaluate, continuing across a resume."""
+
+    def __init__(self, curve):
+        self.curve = list(curve)
+
+    def __call__(self, stage):
+        v = self.curve.pop(0)
+        return {"val_rmse": v, "test_rmse": v + 0.1, "test_mae": v, "test_ndcg": 0.9}
+
+
+@pytest.mark.parametrize("how", ["completed", "interrupted-at-stop-epoch"])
+def test_resume_of_early_stopped_run_trains_no_further(tmp_path, monkeypatch, how):
+    """BUG (found by this suite): the patience decision is not re-checked on resume. A run that stopped
+    early (or was interrupted in on_epoch at the epoch where it would stop) resumes and trains one more
+    epoch, so the resumed result differs from the uninterrupted run."""
+    data = synthetic(seed=3, n_items=12, n_users=10).with_validation(0.2, seed=0)
+    mc = GLocalKConfig(**SMALL_MODEL)
+    tc = TrainConfig(epoch_p=2, epoch_f=8, iter_p=1, iter_f=1, patience=2)
+    curve = [1.0, 1.0] + [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]  # best at epoch 4; stop at 6
+    full = Trainer(data, mc, tc)
+    monkeypatch.setattr(full, "evaluate", _Scripted(curve))
+    full_epochs = [r["epoch"] for r in full.run().history]
+    assert full_epochs == [1, 2, 3, 4, 5, 6], "test setup: patience stops at epoch 6"
+
+    first = Trainer(data, mc, tc)
+    script = _Scripted(curve)
+    monkeypatch.setattr(first, "evaluate", script)
+
+    def on_epoch(rec):
+        if how == "interrupted-at-stop-epoch" and rec["epoch"] == 6:
+            raise KeyboardInterrupt
+
+    if how == "completed":
+        first.run(checkpoint_dir=tmp_path / "ck")
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            first.run(checkpoint_dir=tmp_path / "ck", on_epoch=on_epoch)
+    resumed = Trainer(data, mc, tc)
+    monkeypatch.setattr(resumed, "evaluate", script)  # the rest of the same curve
+    epochs = [r["epoch"] for r in resumed.run(checkpoint_dir=tmp_path / "ck", resume=True).history]
+    assert epochs == full_epochs, (
+        f"BUG: resuming a run that early-stopped at epoch 6 trained further: epochs {epochs} vs {full_epochs}")
