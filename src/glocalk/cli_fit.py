@@ -1,5 +1,402 @@
-"""Placeholder: own-data commands (fit, evaluate, predict, recommend) are being added here."""
+"""Own-data commands: ``glocalk fit``, ``evaluate``, ``predict`` and ``recommend``.
+
+Argument parsing and printing only; the work happens in ``glocalk.estimator``, ``readers`` and
+``splits``. While ``glocalk fit`` trains, its per-epoch training state lives in ``MODEL_DIR.partial/``
+(a sibling of the model directory); ``--resume`` continues from there, and it is deleted once the
+model directory has been written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from glocalk.checkpoint import CheckpointError
+from glocalk.data import DataError
+
+TEST_FRAC = {"random": 0.1, "user": 0.2, "time": 0.2}
+REPORT = "report.json"
 
 
-def register(sub) -> None:  # noqa: D103
-    return None
+def partial_dir(out: str | Path) -> Path:
+    """Where ``glocalk fit --out OUT`` keeps its resumable training state: ``OUT.partial``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+# -- shared option groups ---------------------------------------------------------------------
+
+
+def _column(text: str) -> str | int:
+    """A column given on the command line: a 0-based position if it is a number, else a name."""
+    return int(text) if text.isdigit() else text
+
+
+def _add_reader_options(p: argparse.ArgumentParser, ratings: bool = True, title: str = "reading the files") -> None:
+    what = "rating files are" if ratings else "the pairs file is"
+    g = p.add_argument_group(title, f"how {what} parsed (CSV, TSV, '::' .dat, whitespace, Parquet)")
+    inferred = ("a header when its rating field is not a number, or when columns are chosen by name" if ratings
+                else "a header when it names a user and an item column, or when columns are chosen by name")
+    g.add_argument("--sep", default=None,
+                   help="field separator, e.g. ',' '\\t' '::' ';' (default: sniffed from the first line)")
+    hdr = g.add_mutually_exclusive_group()
+    hdr.add_argument("--header", dest="header", action="store_const", const=True, default="infer",
+                     help=f"the first line names the columns (default: inferred -- {inferred})")
+    hdr.add_argument("--no-header", dest="header", action="store_const", const=False,
+                     help="the first line is data (e.g. MovieLens ratings.dat)")
+    g.add_argument("--user-col", type=_column, default=None,
+                   help="user id column: a name or a 0-based position (default: a column named user, user_id, "
+                        "userId, ... or position 0 without a header)")
+    g.add_argument("--item-col", type=_column, default=None,
+                   help="item id column: a name or 0-based position (default: item, item_id, movieId, ... or "
+                        "position 1)")
+    if ratings:
+        g.add_argument("--rating-col", type=_column, default=None,
+                       help="rating column: a name or 0-based position (default: rating, score, stars, ... or "
+                            "position 2)")
+        g.add_argument("--time-col", type=_column, default=None,
+                       help="timestamp column, needed by --split time (default: timestamp, time, ts, date, ... or "
+                            "position 3 when present)")
+        g.add_argument("--no-time", action="store_true", help="ignore any timestamp column")
+        g.add_argument("--duplicates", choices=["error", "last", "first", "mean"], default="error",
+                       help="several ratings of one (user, item) pair: an error naming the lines (default), or "
+                            "keep the last, the first, or their mean")
+    g.add_argument("--encoding", default="utf-8", help="text encoding of the files (default utf-8)")
+
+
+def _reader_kwargs(args: argparse.Namespace) -> dict:
+    sep = args.sep.encode().decode("unicode_escape") if args.sep else None  # lets '\t' be typed literally
+    kw = {"sep": sep, "header": args.header, "user_col": args.user_col, "item_col": args.item_col,
+          "encoding": args.encoding}
+    if hasattr(args, "rating_col"):
+        kw.update(rating_col=args.rating_col, time_col=False if args.no_time else args.time_col,
+                  duplicates=args.duplicates)
+    return kw
+
+
+def _handles_errors(func):
+    """Turn parameter errors (plain ValueError from the estimator or the splits) into 'glocalk: error:' messages.
+
+    DataError and CheckpointError are reported by ``cli.main`` itself.
+    """
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (DataError, CheckpointError):
+            raise
+        except ValueError as e:
+            print(f"glocalk: error: {e}", file=sys.stderr)
+            return 2
+    return wrapper
+
+
+def _write_csv(df: pd.DataFrame, output: str | None) -> None:
+    if output in (None, "-"):
+        df.to_csv(sys.stdout, index=False)
+        return
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _fmt_metrics(m: dict) -> str:
+    parts = [f"RMSE {m['rmse']:.4f}", f"MAE {m['mae']:.4f}", f"NDCG {m['ndcg']:.4f}"]
+    if "n_rated" in m:
+        parts.append(f"on {m['n_rated']:,} ratings")
+        if m.get("n_skipped"):
+            parts.append(f"({m['n_skipped']:,} skipped: user or item not in the training data)")
+    return ", ".join(parts)
+
+
+# -- glocalk fit ------------------------------------------------------------------------------
+
+
+def _check_out(out: Path, force: bool, resume: bool) -> None:
+    """Refuse to replace a directory that is not ours, or ours without --force."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    ours = (out / "model.json").exists() or (out / REPORT).exists()
+    if not ours:
+        raise DataError(f"--out {out} exists and is not a glocalk model directory; choose another path")
+    if not (force or resume):
+        raise DataError(f"--out {out} already holds a model; pass --force to replace it")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from glocalk import splits
+    from glocalk.cli import _overrides, _progress
+    from glocalk.estimator import GLocalKRecommender, cross_validate
+    from glocalk.experiment import versions, write_json_atomic
+    from glocalk.readers import read_ratings
+
+    out = Path(args.out)
+    state = partial_dir(out)
+    _check_out(out, args.force, args.resume)
+    if args.resume and not state.exists():
+        raise DataError(f"--resume: no interrupted run to continue ({state} does not exist)")
+    if not args.resume and state.exists():
+        shutil.rmtree(state)  # an old interrupted run of which this is not the continuation
+    if args.split != "kfold" and (args.folds is not None or args.no_refit):
+        raise ValueError("--folds and --no-refit apply to --split kfold only")
+    if args.test_frac is not None and args.split not in TEST_FRAC:
+        raise ValueError("--test-frac applies to --split random, user or time only")
+    seeds = list(args.seed)
+    if len(seeds) > 1 and args.ensemble is None:
+        raise ValueError(f"{len(seeds)} seeds train {len(seeds)} models: add --ensemble to average their "
+                         "predictions, or give one seed")
+    n_ensemble = None
+    if args.ensemble is not None:
+        if len(seeds) == 1:
+            n_ensemble = args.ensemble or 0
+            if n_ensemble < 2:
+                raise ValueError("--ensemble needs several seeds (--seed 1 2 3 --ensemble) or a count "
+                                 "(--ensemble 3: seeds SEED, SEED+1, SEED+2)")
+            seeds = seeds[0]
+        elif args.ensemble and args.ensemble != len(seeds):
+            raise ValueError(f"--ensemble {args.ensemble} but {len(seeds)} seeds were given")
+    est = GLocalKRecommender(
+        args.preset, seed=seeds, n_ensemble=n_ensemble, val_frac=args.val_frac, patience=args.patience,
+        rating_scale=tuple(args.rating_scale) if args.rating_scale else None, duplicates=args.duplicates,
+        device=args.device, path=args.path, optimizer=args.optimizer, threads=args.threads, **_overrides(args))
+    member_seeds = est.seeds()
+    split_seed = member_seeds[0] if args.split_seed is None else args.split_seed
+    t0 = time.perf_counter()
+    read_kw = _reader_kwargs(args)
+    ratings = read_ratings(args.ratings, rating_scale=est.rating_scale, **read_kw)
+    if not args.quiet:
+        print(f"{args.ratings}: {len(ratings):,} ratings, {ratings.n_users:,} users, {ratings.n_items:,} items, "
+              f"scale {ratings.rating_scale[0]:g}..{ratings.rating_scale[1]:g}", file=sys.stderr)
+    params = est.config()
+    total = params["epoch_p"] + params["epoch_f"]
+    on_epoch, close = _progress(total, len(member_seeds), args.quiet)
+    report: dict = {"command": ["glocalk", *sys.argv[1:]], "ratings": str(args.ratings),
+                    "n_ratings": len(ratings), "hyperparameters": params, "seeds": member_seeds,
+                    "ensemble": len(member_seeds) > 1, "val_frac": args.val_frac, "versions": versions()}
+    train, test, cv = ratings, None, None
+    try:
+        if args.split == "kfold":
+            folds = args.folds or 5
+            report["split"] = {"kind": "kfold", "folds": folds, "seed": split_seed}
+            cv = cross_validate(est, ratings, folds, split_seed,
+                                on_epoch=lambda k, s, rec: on_epoch(f"{s} (fold {k})", rec),
+                                checkpoint_dir=state / "cv", resume=args.resume)
+            report["cross_validation"] = cv
+        elif args.split:
+            frac = TEST_FRAC[args.split] if args.test_frac is None else args.test_frac
+            if args.split == "random":
+                train, test = splits.random_holdout(ratings, frac, split_seed)
+            elif args.split == "user":
+                train, test = splits.per_user_holdout(ratings, frac, seed=split_seed)
+            else:
+                train, test = splits.time_holdout(ratings, frac)
+            report["split"] = {"kind": args.split, "test_frac": frac, "seed": split_seed,
+                               "n_train": len(train), "n_test": len(test)}
+        elif args.test:
+            test = read_ratings(args.test, rating_scale=ratings.rating_scale, offset=ratings.offset, **read_kw)
+            report["split"] = {"kind": "file", "test": str(args.test), "n_test": len(test)}
+        model = None
+        if cv is None or not args.no_refit:
+            model = est.fit(train, test=test, on_epoch=on_epoch,
+                            checkpoint_dir=state / "fit", resume=args.resume)
+    finally:
+        close()
+    report["wall_time_s"] = time.perf_counter() - t0
+    if model is not None:
+        report.update(metrics=model.metrics_, members=model.members_, fingerprint=model.fingerprint_)
+        model.save(out, extra_files={REPORT: json.dumps(report, indent=2, default=_json_default) + "\n"})
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        write_json_atomic(out / REPORT, report)
+    shutil.rmtree(state, ignore_errors=True)
+    _print_fit(report, out, model is not None)
+    return 0
+
+
+def _json_default(o):
+    return o.tolist() if hasattr(o, "tolist") else str(o)
+
+
+def _print_fit(report: dict, out: Path, saved: bool) -> None:
+    lines = []
+    cv = report.get("cross_validation")
+    if cv:
+        lines.append(f"{cv['folds']}-fold cross-validation (mean ± std over folds):")
+        for key in ("rmse", "mae", "ndcg"):
+            lines.append(f"  {key.upper():<5} {cv['mean'][key]:.4f} ± {cv['std'][key]:.4f}")
+    if report.get("metrics"):
+        lines.append(f"test ({report['split']['kind']}): {_fmt_metrics(report['metrics'])}")
+    if report.get("members"):
+        sel = ", ".join(f"seed {m['seed']}: epoch {m['epoch']} (stage {m['stage']})" for m in report["members"])
+        lines.append(f"model: {sel}" + (" -- an ensemble, predictions averaged" if report["ensemble"] else ""))
+    lines.append(f"written: {out}/" + (" (model and report.json)" if saved else REPORT))
+    print("\n".join(lines))
+
+
+# -- glocalk evaluate / predict / recommend -----------------------------------------------------
+
+
+def _load(model_dir: str):
+    from glocalk.estimator import GLocalKRecommender
+
+    return GLocalKRecommender.load(model_dir)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from glocalk.experiment import write_json_atomic
+    from glocalk.readers import read_ratings
+
+    model = _load(args.model_dir)
+    kw = _reader_kwargs(args)
+    test = read_ratings(args.test_file, rating_scale=model.rating_scale_, offset=model.offset_, **kw)
+    metrics = model.evaluate(test, unknown=args.unknown)
+    print(f"{args.test_file}: {_fmt_metrics(metrics)}")
+    if args.json:
+        write_json_atomic(args.json, {"model": str(args.model_dir), "test": str(args.test_file), **metrics})
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from glocalk.estimator import read_pairs
+
+    model = _load(args.model_dir)
+    kw = _reader_kwargs(args)
+    pairs = read_pairs(args.pairs_file, **kw)
+    try:
+        pred = model.predict(pairs, unknown=args.unknown)
+    except DataError as e:
+        raise DataError(f"{args.pairs_file}: {e}") from e
+    _write_csv(pairs.assign(prediction=pred), args.output)
+    return 0
+
+
+def _read_users(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"users file not found: {p}")
+    users = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if users and users[0].casefold() in ("user", "user_id", "userid"):
+        users = users[1:]
+    if not users:
+        raise DataError(f"{p}: no user ids (one per line expected)")
+    return users
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    model = _load(args.model_dir)
+    users = [args.user] if args.user is not None else _read_users(args.users_file)
+    recs = model.recommend_many(users, k=args.k, exclude_seen=not args.include_seen, unknown=args.unknown)
+    _write_csv(recs, args.output)
+    return 0
+
+
+# -- the parsers --------------------------------------------------------------------------------
+
+
+def register(sub) -> None:
+    """Add fit, evaluate, predict and recommend to the ``glocalk`` sub-command parser."""
+    from glocalk.cli import _add_training_options
+    from glocalk.presets import PRESETS
+
+    p = sub.add_parser(
+        "fit", help="train GLocal-K on your own ratings file and save the model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train GLocal-K on RATINGS (CSV, TSV, '::' .dat, whitespace-separated or Parquet; columns "
+                    "user, item, rating[, timestamp]) and save the model directory --out.\n\n"
+                    "Evaluation (optional): --test FILE, or --split random|user|time (a holdout of RATINGS), or "
+                    "--split kfold (cross-validation: mean ± std over the folds, then by default the model is "
+                    "refit on all ratings). MODEL_DIR/report.json records the data, split, hyperparameters, "
+                    "metrics and versions.\n\n"
+                    "Interrupted runs (Ctrl-C, kill) keep their per-epoch state in MODEL_DIR.partial/; rerun the "
+                    "same command with --resume to continue from the last completed epoch (same result as an "
+                    "uninterrupted run).",
+        epilog="example: glocalk fit ratings.csv --split user --val-frac 0.1 --n-hid 100 --out my-model")
+    p.add_argument("ratings", metavar="RATINGS", help="the ratings file")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write (required)")
+    p.add_argument("--force", action="store_true", help="replace an existing model directory")
+    e = p.add_argument_group("evaluation")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--test", metavar="FILE", help="a test file in the same format, used only for reporting")
+    src.add_argument("--split", choices=["random", "user", "time", "kfold"],
+                     help="hold out part of RATINGS: random (a seeded random --test-frac, default 0.1), user (a "
+                          "seeded --test-frac of every user's ratings, default 0.2), time (the latest --test-frac "
+                          "of all ratings, default 0.2; needs timestamps), kfold (--folds-fold cross-validation)")
+    e.add_argument("--test-frac", type=float, default=None, help="fraction held out by --split random/user/time")
+    e.add_argument("--folds", type=int, default=None, help="number of folds for --split kfold (default 5)")
+    e.add_argument("--no-refit", action="store_true",
+                   help="with --split kfold: only cross-validate (write MODEL_DIR/report.json), do not train "
+                        "the final model on all ratings")
+    e.add_argument("--split-seed", type=int, default=None, help="seed of the random splits (default: the first --seed)")
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", choices=sorted(PRESETS), default="ml-100k",
+                   help="paper preset whose hyperparameters are the defaults (default ml-100k)")
+    m.add_argument("--seed", type=int, nargs="+", default=[1],
+                   help="seed of the model (default 1); several seeds need --ensemble")
+    m.add_argument("--ensemble", type=int, nargs="?", const=0, default=None, metavar="N",
+                   help="train one model per --seed and predict with the mean of their predictions; with one "
+                        "seed S, --ensemble N uses seeds S..S+N-1")
+    m.add_argument("--rating-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help="the rating scale; ratings outside it are an error (default: the observed min and max)")
+    _add_reader_options(p)
+    _add_training_options(p)
+    p.set_defaults(func=_handles_errors(cmd_fit))
+
+    p = sub.add_parser("evaluate", help="RMSE, MAE and NDCG of a saved model on a test file",
+                       description="Evaluate the model in MODEL_DIR on TEST_FILE (same formats as fit; ratings must "
+                                   "lie in the model's rating scale). Predictions are clipped to the scale; NDCG "
+                                   "is the paper's (per user with >= 2 test ratings, averaged).")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by glocalk fit")
+    p.add_argument("test_file", metavar="TEST_FILE", help="ratings to evaluate on")
+    p.add_argument("--unknown", choices=["skip", "error", "baseline"], default="skip",
+                   help="test ratings of users or items the model has not seen: skip them and count them "
+                        "(default), fail, or predict them with the bias baseline")
+    p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
+    _add_reader_options(p)
+    p.set_defaults(func=_handles_errors(cmd_evaluate))
+
+    p = sub.add_parser("predict", help="predict ratings for (user, item) pairs; writes a CSV",
+                       description="Predict the rating of every (user, item) pair in PAIRS_FILE with the model in "
+                                   "MODEL_DIR; writes CSV columns user, item, prediction (in the data's scale).")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by glocalk fit")
+    p.add_argument("pairs_file", metavar="PAIRS_FILE",
+                   help="a file with user and item columns (other columns, e.g. rating, are ignored)")
+    p.add_argument("--output", "-o", metavar="CSV", default=None, help="output CSV file (default: standard output)")
+    p.add_argument("--unknown", choices=["error", "baseline"], default="error",
+                   help="a user or item not in the training data: an error naming it (default), or the "
+                        "baseline's prediction (global mean + item and user biases)")
+    _add_reader_options(p, ratings=False)
+    p.set_defaults(func=_handles_errors(cmd_predict))
+
+    p = sub.add_parser("recommend", help="top-k items for a user (or a file of users); writes a CSV",
+                       description="The k items with the highest predicted rating for each user, by default "
+                                   "excluding the items the user rated in the training data. Writes CSV columns "
+                                   "user, item, score (predicted rating), rank.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by glocalk fit")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="ID", help="the user's raw id, as in the ratings file")
+    who.add_argument("--users-file", metavar="FILE",
+                     help="a text file of user ids, one per line (a first line 'user' is a header)")
+    p.add_argument("-k", type=int, default=10, help="number of items per user (default 10)")
+    p.add_argument("--include-seen", action="store_true", help="also recommend items the user already rated")
+    p.add_argument("--unknown", choices=["error", "baseline"], default="error",
+                   help="a user not in the training data: an error (default), or the items in baseline order "
+                        "(global mean + item bias)")
+    p.add_argument("--output", "-o", metavar="CSV", default=None, help="output CSV file (default: standard output)")
+    p.set_defaults(func=_handles_errors(cmd_recommend))
+
+
+__all__ = ["cmd_evaluate", "cmd_fit", "cmd_predict", "cmd_recommend", "partial_dir", "register"]
