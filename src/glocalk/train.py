@@ -237,8 +237,13 @@ class Trainer:
         """Train both stages; evaluate after every epoch; return summaries and the model."""
         c = self.config
         start_epoch = 1
-        if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "last").exists():
-            start_epoch = self._restore(Path(checkpoint_dir) / "last") + 1
+        state = None
+        if resume and checkpoint_dir is not None:
+            # A kill between save_dir's two renames leaves only ".last.old": the previous epoch.
+            state = next((p for p in (Path(checkpoint_dir) / "last", Path(checkpoint_dir) / ".last.old")
+                          if p.is_dir()), None)
+        if state is not None:
+            start_epoch = self._restore(state) + 1
             if self.history and self._should_stop(self.history[-1]):
                 start_epoch = c.epoch_p + c.epoch_f + 1  # the run had already stopped early
         log_file = None
