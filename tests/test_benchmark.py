@@ -1,0 +1,198 @@
+"""The benchmark harness: shared honest splits, outputs, aggregation, ensembles, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import glocalk.benchmark as bench
+from glocalk.baselines import entries
+from glocalk.benchmark import MODELS, benchmark_split, run_benchmark
+from glocalk.data import RatingMatrix
+from glocalk.metrics import evaluate
+
+TINY = {"n_hid": 8, "epoch_p": 2, "epoch_f": 2, "iter_p": 2, "iter_f": 2}
+BASELINE_OPTIONS = {"biased-mf": {"factors": 4, "epochs": 4, "regs": (0.05, 0.1)}, "biases": {"sweeps": 4}}
+SEEDS = [1, 2]
+
+
+def tiny_data(seed: int = 0) -> RatingMatrix:
+    """60 items x 50 users, biases plus a rank-2 signal, 1..5; 20% of the ratings are test."""
+    rng = np.random.default_rng(seed)
+    n_items, n_users = 60, 50
+    signal = 3 + rng.normal(0, 0.8, (n_items, 1)) + rng.normal(0, 0.5, (1, n_users)) \
+        + rng.normal(0, 0.6, (n_items, 2)) @ rng.normal(0, 0.6, (2, n_users))
+    r = np.clip(np.rint(signal + rng.normal(0, 0.3, signal.shape)), 1, 5)
+    observed = rng.random(r.shape) < 0.35
+    is_test = observed & (rng.random(r.shape) < 0.2)
+    return RatingMatrix(sp.csr_matrix(np.where(observed & ~is_test, r, 0.0)),
+                        sp.csr_matrix(np.where(is_test, r, 0.0)), rating_scale=(1.0, 5.0), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def data() -> RatingMatrix:
+    return tiny_data()
+
+
+@pytest.fixture(scope="module")
+def bench_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    results = run_benchmark(data, list(MODELS), SEEDS, 0.1, out, TINY, ensemble=True,
+                            baseline_options=BASELINE_OPTIONS, command=["test"])
+    return out, results
+
+
+def test_validation_split_never_includes_test_entries(data):
+    train_cells = set(zip(*data.train.nonzero(), strict=True))
+    test_cells = set(zip(*data.test.nonzero(), strict=True))
+    for seed in SEEDS:
+        split = benchmark_split(data, 0.1, seed)
+        val_cells = set(zip(*split.val.nonzero(), strict=True))
+        assert val_cells and not val_cells & test_cells
+        assert val_cells | set(zip(*split.train.nonzero(), strict=True)) == train_cells
+        assert (split.test != data.test).nnz == 0
+    a, b = benchmark_split(data, 0.1, 1), benchmark_split(data, 0.1, 1)
+    assert (a.val != b.val).nnz == 0  # every model of a seed sees the same split
+
+
+def test_outputs_are_written(bench_run):
+    out, results = bench_run
+    for name in ("results.json", "table.md", "curves.png", "bars.png"):
+        assert (out / name).stat().st_size > 0
+    for name in ("curves.png", "bars.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["complete"] and len(on_disk["runs"]) == len(MODELS) * len(SEEDS)
+    assert on_disk["models"] == list(MODELS) and on_disk["seeds"] == SEEDS
+    for model in MODELS:
+        for seed in SEEDS:
+            assert (out / "runs" / model / f"seed-{seed}.jsonl").exists()
+            assert (out / "predictions" / f"{model}-seed-{seed}.npy").exists()
+
+
+def _row(table: str, label: str) -> list[str]:
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == label:
+            return cells
+    raise AssertionError(f"no row {label!r} in the table")
+
+
+def test_table_numbers_are_the_means_of_the_seed_results(bench_run):
+    out, results = bench_run
+    table = (out / "table.md").read_text()
+    for model in MODELS:
+        runs = [r for r in results["runs"] if r["model"] == model]
+        assert [r["seed"] for r in runs] == SEEDS
+        cells = _row(table, bench.LABELS[model])
+        for col, key in ((1, "rmse"), (2, "mae"), (3, "ndcg")):
+            values = np.array([r["val_selected"][key] for r in runs])
+            assert results["summary"][model]["mean"][key] == pytest.approx(values.mean())
+            assert results["summary"][model]["std"][key] == pytest.approx(values.std(ddof=1))
+            assert cells[col] == f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+        wall = np.array([r["wall_time_s"] for r in runs])
+        assert cells[6] == f"{wall.mean():.1f} ± {wall.std(ddof=1):.1f}"
+        if model in bench.GLOCALK_VARIANTS:
+            best = np.array([r["best"]["rmse"] for r in runs])
+            assert cells[4].startswith(f"{best.mean():.4f}")
+        else:
+            assert cells[4] == "–"
+
+
+def test_the_selected_epoch_is_the_validation_best_and_its_test_metrics_are_reported(bench_run, data):
+    out, results = bench_run
+    items, users, truth = entries(data.test)
+    for run in results["runs"]:
+        hist = run["history"]
+        pool = [r for r in hist if r["stage"] == 2] or hist
+        chosen = min(pool, key=lambda r: r["val_rmse"])
+        assert run["val_selected"]["epoch"] == chosen["epoch"]
+        assert run["val_selected"]["rmse"] == pytest.approx(chosen["test_rmse"])
+        # The saved predictions are those of the selected model.
+        pred = np.load(out / "predictions" / f"{run['model']}-seed-{run['seed']}.npy")
+        assert evaluate(pred, truth, users, items, data.rating_scale)["rmse"] == pytest.approx(
+            run["val_selected"]["rmse"], rel=1e-5)
+
+
+def test_ablation_configurations(bench_run):
+    _, results = bench_run
+    runs = {r["model"]: r for r in results["runs"] if r["seed"] == SEEDS[0]}
+    autorec = runs["i-autorec"]["info"]["model_config"]
+    assert autorec["local_kernel"] is False and runs["i-autorec"]["info"]["train_config"]["epoch_f"] == 0
+    assert {r["stage"] for r in runs["i-autorec"]["history"]} == {1}
+    assert {r["stage"] for r in runs["glocalk-pretrain"]["history"]} == {1}
+    assert runs["glocalk-pretrain"]["info"]["model_config"]["local_kernel"] is True
+    assert runs["glocalk-no-gk"]["info"]["model_config"]["global_kernel"] is False
+    for name in ("glocalk-no-gk", "glocalk"):
+        assert [r["stage"] for r in runs[name]["history"]] == [1, 1, 2, 2]
+    assert runs["glocalk"]["info"]["model_config"]["n_hid"] == TINY["n_hid"]
+
+
+def test_ensemble_is_the_mean_of_the_seeds_predictions(bench_run, data):
+    out, results = bench_run
+    items, users, truth = entries(data.test)
+    assert set(results["ensembles"]) == {"biased-mf", *bench.GLOCALK_VARIANTS}
+    for model, ens in results["ensembles"].items():
+        preds = [np.load(out / "predictions" / f"{model}-seed-{s}.npy") for s in SEEDS]
+        expected = evaluate(np.mean(preds, axis=0), truth, users, items, data.rating_scale)
+        assert ens["n_models"] == len(SEEDS)
+        assert ens["rmse"] == pytest.approx(expected["rmse"])
+        cells = _row((out / "table.md").read_text(), f"{bench.LABELS[model]}, ensemble of 2 seeds")
+        assert cells[1] == f"{expected['rmse']:.4f}"
+
+
+def test_resume_reuses_finished_runs(bench_run, data, monkeypatch):
+    out, results = bench_run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(bench, "run_glocalk", fail)
+    monkeypatch.setattr(bench, "run_baseline", fail)
+    again = run_benchmark(data, list(MODELS), SEEDS, 0.1, out, TINY, ensemble=True,
+                          baseline_options=BASELINE_OPTIONS, resume=True, plots=False)
+    assert again["summary"] == results["summary"]
+    with pytest.raises(bench.TrainingError, match="cannot resume"):
+        run_benchmark(data, list(MODELS), SEEDS, 0.2, out, TINY, resume=True, plots=False)
+
+
+def test_bad_arguments(data, tmp_path):
+    with pytest.raises(KeyError, match="unknown model"):
+        run_benchmark(data, ["svd"], [1], 0.1, tmp_path)
+    with pytest.raises(KeyError, match="unknown hyperparameters"):
+        run_benchmark(data, ["glocalk"], [1], 0.1, tmp_path, {"lambda_3": 1.0})
+
+
+def test_cli_benchmark_quick(monkeypatch, tmp_path, capsys):
+    import glocalk.datasets
+    from glocalk.cli import main
+
+    monkeypatch.setattr(glocalk.datasets, "load_dataset", lambda name, data_dir=None, download=False: tiny_data())
+    out = tmp_path / "cli"
+    rc = main(["benchmark", "--dataset", "tiny", "--quick", "--models", "global-mean", "biases", "glocalk",
+               "--seed", "1", "2", "--n-hid", "8", "--iter-p", "2", "--iter-f", "2", "--out", str(out), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| Global mean |" in printed and "Quick smoke run" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["quick"] and results["params"]["n_hid"] == 8 and results["params"]["epoch_p"] == 2
+    assert results["baseline_options"]["biases"] == {"sweeps": 3}
+    assert re.search(r"\| GLocal-K \| \d\.\d{4} ± ", printed)
+
+
+def test_shared_pretraining_equals_a_separate_pretraining_run(bench_run, data, tmp_path):
+    _, results = bench_run
+    shared = next(r for r in results["runs"] if r["model"] == "glocalk-pretrain" and r["seed"] == SEEDS[0])
+    assert shared["info"]["shared_with"] == "glocalk"
+    alone = run_benchmark(data, ["glocalk-pretrain"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False)["runs"][0]
+    assert "shared_with" not in alone["info"]
+    assert [r["epoch"] for r in alone["history"]] == [r["epoch"] for r in shared["history"]]
+    for a, b in zip(alone["history"], shared["history"], strict=True):
+        assert a["val_rmse"] == pytest.approx(b["val_rmse"], rel=1e-5)
+        assert a["test_rmse"] == pytest.approx(b["test_rmse"], rel=1e-5)
+    assert alone["val_selected"]["epoch"] == shared["val_selected"]["epoch"]
+    assert alone["val_selected"]["rmse"] == pytest.approx(shared["val_selected"]["rmse"], rel=1e-5)
