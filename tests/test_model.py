@@ -536,7 +536,7 @@ def test_sparse_path_gradients_are_bitwise_reproducible_with_threads():
                     model.loss(data, stage).backward()
                     grads.append([p.grad.clone() for p in model.finetune_parameters() if p.grad is not None])
                 for other in grads[1:]:
-                    for a, b in zip(grads[0], other):
+                    for a, b in zip(grads[0], other, strict=True):
                         assert torch.equal(a, b), f"stage {stage}, conv_dense={conv_dense}: gradients differ"
     finally:
         torch.set_num_threads(old)
