@@ -1,4 +1,4 @@
-"""Micro-benchmark: the kernel layer's W * K and regulariser, autograd as written vs one fused Function.
+"""Micro-benchmark: the kernel layer's W * K and regulariser, plain autograd vs the model's fused Function.
 
 ``KernelLayer.weight_and_regulariser`` builds K = relu(1 - ||u_i - v_j||^2) and W * K from a dozen
 elementwise torch ops; autograd then runs about as many again backwards, each a full pass over an
@@ -23,40 +23,14 @@ import torch
 from glocalk.model import KernelLayer
 
 
-class FusedKernelWeight(torch.autograd.Function):
-    """(W * K, lambda_s/2 sum K^2 + lambda_2/2 sum W^2), K = relu(1 - ||u_i - v_j||^2), in few passes."""
-
-    @staticmethod
-    def forward(ctx, w, u, v, lambda_s: float, lambda_2: float):  # noqa: D102
-        # u (n_in, d), v (n_out, d); dist2 = |u|^2 + |v|^2 - 2 u v^T in one addmm
-        k = torch.addmm((u * u).sum(1, keepdim=True) + (v * v).sum(1), u, v.T, alpha=-2.0)
-        k.neg_().add_(1.0).clamp_(min=0.0)  # K, (n_in, n_out)
-        wk = w * k
-        kf, wf = k.reshape(-1), w.reshape(-1)
-        reg = 0.5 * lambda_s * torch.dot(kf, kf) + 0.5 * lambda_2 * torch.dot(wf, wf)
-        ctx.save_for_backward(w, u, v, k)
-        ctx.lambdas = (lambda_s, lambda_2)
-        return wk, reg
-
-    @staticmethod
-    def backward(ctx, g_wk, g_reg):  # noqa: D102
-        w, u, v, k = ctx.saved_tensors
-        lambda_s, lambda_2 = ctx.lambdas
-        g_w = torch.addcmul(w * (lambda_2 * g_reg), g_wk, k)
-        g_k = torch.addcmul(k * (lambda_s * g_reg), g_wk, w)
-        g_k.mul_(k > 0)  # the clamp passes no gradient where K = 0
-        # K = 1 - dist2 where positive: d dist2 = -g_k
-        g_u = -2.0 * (u * g_k.sum(1, keepdim=True) - g_k @ v)
-        g_v = -2.0 * (v * g_k.sum(0).unsqueeze(1) - g_k.T @ u)
-        return g_w, g_u, g_v, None, None
-
-
 def _as_written(layer: KernelLayer, lambda_s: float, lambda_2: float):
-    return layer.weight_and_regulariser(lambda_s, lambda_2)
+    # The plain autograd formulation (what the model used before the fused Function).
+    k = layer.local_kernel()
+    return layer.W * k, 0.5 * lambda_s * (k * k).sum() + 0.5 * lambda_2 * (layer.W * layer.W).sum()
 
 
 def _fused(layer: KernelLayer, lambda_s: float, lambda_2: float):
-    return FusedKernelWeight.apply(layer.W, layer.u.squeeze(1), layer.v.squeeze(0), lambda_s, lambda_2)
+    return layer.weight_and_regulariser(lambda_s, lambda_2)  # glocalk.model._KernelWeight
 
 
 def bench(n_in: int, n_out: int, reps: int = 5) -> None:
