@@ -27,10 +27,9 @@ Protocol:
   RMSE at an epoch is worse than the median of earlier trials at that epoch.
 - Trials that diverge (non-finite loss) are recorded as failed and the search goes on.
 - After the search the best trial's own model (its weights at its validation-selected
-  epoch, kept in memory) is evaluated on the test split, once. No retraining: training
-  on the multi-threaded sparse path is not bit-reproducible, so a rerun would not be the
-  model the search chose. (For the paper protocol's figure, train the chosen
-  configuration with ``glocalk train``.)
+  epoch, kept in memory) is evaluated on the test split, once, without retraining, so the
+  figure is exactly the model the search chose. (For the paper protocol's figure, train
+  the chosen configuration with ``glocalk train``.)
 
 Outputs in ``out_dir``: ``trials.json`` and ``trials.csv`` (every trial: number, state,
 validation RMSE, parameters, selected epoch, seconds), ``best.json`` (search space, best
