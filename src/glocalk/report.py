@@ -43,7 +43,7 @@ def _cell(summary: dict, protocol: str, key: str) -> str:
 def results_table(summaries: list[dict], protocols: tuple[str, ...] = ("best", "final", "val_selected", "ensemble"),
                   with_paper: bool = True) -> str:
     """One Markdown row per (run, protocol present in it), plus the paper's row per dataset."""
-    lines = ["| dataset | run | protocol | seeds | RMSE | MAE | NDCG | wall time / seed | command |",
+    lines = ["| dataset | run | protocol | seeds | RMSE | MAE | NDCG | training time / seed | command |",
              "|---|---|---|---|---|---|---|---|---|"]
     seen = []
     for s in summaries:
@@ -58,7 +58,8 @@ def results_table(summaries: list[dict], protocols: tuple[str, ...] = ("best", "
         if s.get("val_frac"):
             label += f", val_frac={s['val_frac']}"
         runs = s.get("runs", [])
-        per_seed = sum(r["wall_time_s"] for r in runs) / max(len(runs), 1)
+        # train_time_s sums the logged epochs, so it stays right for runs continued with --resume.
+        per_seed = sum(r.get("train_time_s", r["wall_time_s"]) for r in runs) / max(len(runs), 1)
         command = "`" + " ".join(shlex.quote(c) for c in s.get("command", [])) + "`"
         for protocol in protocols:
             if not s.get(protocol):
