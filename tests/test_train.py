@@ -154,7 +154,7 @@ def test_dense_and_sparse_runs_end_with_the_same_rmse():
         tc = TrainConfig(epoch_p=8, epoch_f=2, iter_p=5, iter_f=5, path=path, seed=2)
         runs[path] = Trainer(data, GLocalKConfig(n_hid=24, n_dim=3, lambda_2=5.0, lambda_s=0.006), tc).run()
         rmses = [r["test_rmse"] for r in runs[path].history]
-        assert rmses[-1] < rmses[0] - 0.1, f"{path}: the run did not learn: {rmses}"
+        assert rmses[-1] < rmses[0] - 0.05, f"{path}: the run did not learn: {rmses}"
     for rd, rs in zip(runs["dense"].history, runs["sparse"].history, strict=True):
         gap = abs(rd["test_rmse"] - rs["test_rmse"])
         assert gap < 1e-3, f"epoch {rd['epoch']}: test RMSE {rd['test_rmse']} (dense) vs {rs['test_rmse']} (sparse)"
