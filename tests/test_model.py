@@ -27,18 +27,9 @@ from torch import nn
 
 from glocalk.model import GLocalK, GLocalKConfig, KernelLayer, prepare_input
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse")
+pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
 DATA = Path(os.environ.get("GLOCALK_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small problems: intra-op threads only add overhead (and contention on a shared machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- references

@@ -19,16 +19,7 @@ import torch
 
 from glocalk.sparse import ConvPlan, SparsePattern, sampled_mm, spmm
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny problems: intra-op threads only add overhead (and contention on a shared machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 def random_csr(n_rows, n_cols, density, seed, empty_rows=(), empty_cols=(), low=1, high=5):

@@ -26,16 +26,7 @@ from glocalk.data import DataError, RatingMatrix
 from glocalk.model import GLocalKConfig
 from glocalk.train import TrainConfig, Trainer, TrainingError, choose_path, lbfgs_epoch, summarise
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small problems: intra-op threads only add overhead (and contention on a shared machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 def synthetic(seed=0, n_items=60, n_users=50, rank=3, observed=0.4, test_frac=0.2):
