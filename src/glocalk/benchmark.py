@@ -44,8 +44,7 @@ import numpy as np
 
 from glocalk.baselines import BASELINES, entries, make_baseline
 from glocalk.data import RatingMatrix
-from glocalk.experiment import device_description, versions, write_json_atomic
-from glocalk.metrics import evaluate
+from glocalk.experiment import device_description, ensemble_metrics, versions, write_json_atomic
 from glocalk.presets import PRESETS, split_config
 from glocalk.train import Trainer, TrainingError, summarise
 
@@ -212,13 +211,6 @@ def aggregate_runs(runs: list[dict], models: list[str]) -> dict[str, dict]:
         entry["mean"]["epochs_run"], entry["std"]["epochs_run"] = _mean_std([r["epochs_run"] for r in mine])
         out[model] = entry
     return out
-
-
-def ensemble_metrics(data: RatingMatrix, predictions: list[np.ndarray]) -> dict:
-    """Test metrics of the mean of several models' clipped test predictions (CSR order)."""
-    items, users, truth = entries(data.test)
-    mean = np.mean(np.stack(predictions), axis=0)
-    return {**evaluate(mean, truth, users, items, data.rating_scale), "n_models": len(predictions)}
 
 
 def _dataset_key(data: RatingMatrix, dataset: str | None) -> str | None:

@@ -75,12 +75,14 @@ def selected_test_predictions(trainer: Trainer, result: TrainResult) -> np.ndarr
     return trainer.predictions(result.history[-1]["stage"])["test"]
 
 
-def ensemble_metrics(data: RatingMatrix, predictions: list[np.ndarray], selection: str) -> dict:
-    """Metrics of the mean of several models' (unclipped) test predictions."""
+def ensemble_metrics(data: RatingMatrix, predictions: list[np.ndarray], selection: str | None = None) -> dict:
+    """Metrics of the mean of several models' test predictions (CSR order of ``data.test``)."""
     test = data.test.tocoo()
     mean = np.mean(predictions, axis=0)
-    return {**evaluate(mean, test.data, test.col, test.row, data.rating_scale),
-            "n_models": len(predictions), "selection": selection}
+    out = {**evaluate(mean, test.data, test.col, test.row, data.rating_scale), "n_models": len(predictions)}
+    if selection is not None:
+        out["selection"] = selection
+    return out
 
 
 def run_seed(data: RatingMatrix, params: dict, seed: int, out_dir: Path, val_frac: float | None = None,
