@@ -108,3 +108,35 @@ def test_cli_tune(monkeypatch, tmp_path, capsys):
     report = json.loads((tmp_path / "best.json").read_text())
     assert report["params"]["lambda_2"] == 5 and "lambda_2" not in report["best_params"]
     assert report["patience"] is None
+
+
+def test_preset_point_keeps_only_values_inside_the_space():
+    space = {"lambda_2": ("log", 1.0, 200.0), "dot_scale": ("log", 0.25, 4.0), "n_hid": ("categorical", (250, 500)),
+             "iter_f": ("categorical", (5, 10))}
+    preset = {"lambda_2": 20.0, "dot_scale": 8.0, "n_hid": 500, "iter_f": 7, "epoch_p": 30}
+    # dot_scale 8 is outside [0.25, 4] and iter_f 7 is not a choice: both are left to the sampler.
+    assert tune_mod.preset_point(preset, space) == {"lambda_2": 20.0, "n_hid": 500}
+
+
+def test_trial_zero_is_the_preset(tmp_path):
+    from glocalk.presets import PRESETS
+
+    data = tiny_data()
+    data = RatingMatrix(data.train, data.test, rating_scale=data.rating_scale, name="ml-100k")
+    report = tune(data, 1, tmp_path, val_frac=0.1, seed=3, fixed=FIXED, patience=None, prune=False,
+                  evaluate_test=False)
+    trial0 = json.loads((tmp_path / "trials.json").read_text())["trials"][0]["params"]
+    preset = PRESETS["ml-100k"]
+    assert trial0 == {"lambda_2": preset["lambda_2"], "lambda_s": preset["lambda_s"], "dot_scale": preset["dot_scale"]}
+    assert report["best_params"] == trial0
+
+
+def test_preset_trial_can_be_switched_off(tmp_path):
+    from glocalk.presets import PRESETS
+
+    data = tiny_data()
+    data = RatingMatrix(data.train, data.test, rating_scale=data.rating_scale, name="ml-100k")
+    tune(data, 1, tmp_path, val_frac=0.1, seed=3, fixed=FIXED, patience=None, prune=False, evaluate_test=False,
+         preset_first=False)
+    trial0 = json.loads((tmp_path / "trials.json").read_text())["trials"][0]["params"]
+    assert trial0["lambda_2"] != PRESETS["ml-100k"]["lambda_2"]

@@ -132,7 +132,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     patience = None if args.patience is not None and args.patience <= 0 else args.patience
     report = tune(data, args.trials, out, dataset=args.dataset, val_frac=args.val_frac, seed=args.seed,
                   timeout=args.timeout, patience=patience, fixed=fixed, prune=not args.no_prune,
-                  device=args.device, command=["glocalk", *sys.argv[1:]], on_trial=on_trial)
+                  preset_first=not args.no_preset_trial, device=args.device, command=["glocalk", *sys.argv[1:]],
+                  on_trial=on_trial)
     lines = [f"\nbest: trial {report['best_trial']} of {report['n_trials']} ({report['n_complete']} complete), "
              f"validation RMSE {report['best_val_rmse']:.4f}"]
     lines += [f"  {k} = {v}" for k, v in report["best_params"].items()]
@@ -203,6 +204,8 @@ def register(sub) -> None:
                    help=f"early stopping after N fine-tuning epochs without a better validation RMSE "
                         f"(default {DEFAULT_PATIENCE}; 0: full budget)")
     t.add_argument("--no-prune", action="store_true", help="never stop a trial early (median pruner off)")
+    t.add_argument("--no-preset-trial", action="store_true",
+                   help="do not start from the preset: by default trial 0 is the dataset's paper hyperparameters")
     t.add_argument("--out", default=None, help="output folder (default runs/tune-DATASET-TIME)")
     _add_hyperparameters(t, "fixed hyperparameters (default: the dataset's preset, searched ones excepted)")
     _add_execution(t)
