@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -196,3 +197,64 @@ def test_shared_pretraining_equals_a_separate_pretraining_run(bench_run, data, t
         assert a["test_rmse"] == pytest.approx(b["test_rmse"], rel=1e-5)
     assert alone["val_selected"]["epoch"] == shared["val_selected"]["epoch"]
     assert alone["val_selected"]["rmse"] == pytest.approx(shared["val_selected"]["rmse"], rel=1e-5)
+
+
+def test_interrupted_glocalk_run_continues_from_its_last_epoch(bench_run, data, tmp_path):
+    _, results = bench_run
+    uninterrupted = next(r for r in results["runs"] if r["model"] == "glocalk" and r["seed"] == SEEDS[0])
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_epoch_3(model, seed, rec):
+        if rec["epoch"] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False, on_epoch=stop_after_epoch_3)
+    assert (tmp_path / "state" / f"glocalk-seed-{SEEDS[0]}").is_dir()
+    trained = []
+    resumed = run_benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False, resume=True,
+                            on_epoch=lambda m, s, rec: trained.append(rec["epoch"]))["runs"][0]
+    assert trained == [4]  # only the missing epoch was trained
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4]
+    for a, b in zip(resumed["history"], uninterrupted["history"], strict=True):
+        assert a["val_rmse"] == pytest.approx(b["val_rmse"], rel=1e-6)
+    assert resumed["val_selected"]["rmse"] == pytest.approx(uninterrupted["val_selected"]["rmse"], rel=1e-6)
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())  # cleaned up when done
+
+
+def test_from_train_reuses_glocalk_train_runs_without_training(data, tmp_path, monkeypatch):
+    from glocalk.experiment import run_experiment
+
+    train_dir = tmp_path / "train"
+    summary = run_experiment(data, TINY, SEEDS[:1], train_dir, val_frac=0.1, command=["test"])
+    state_file = train_dir / f"seed-{SEEDS[0]}" / "state" / "last" / "weights.safetensors"
+    before = state_file.read_bytes()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an epoch was trained although the train run had finished")
+
+    monkeypatch.setattr(sys.modules["glocalk.train"], "lbfgs_epoch", no_training)
+    results = run_benchmark(data, ["glocalk", "glocalk-pretrain"], SEEDS[:1], 0.1, tmp_path / "bench", TINY,
+                            plots=False, ensemble=True, from_train=train_dir)
+    run = next(r for r in results["runs"] if r["model"] == "glocalk")
+    expected = summary["runs"][0]["val_selected"]
+    assert run["val_selected"]["epoch"] == expected["epoch"]
+    assert run["val_selected"]["rmse"] == pytest.approx(expected["rmse"], rel=1e-9)
+    assert run["info"]["continued_from"].endswith("state")
+    # The handed-over predictions are the selected epoch's model: their RMSE is the logged one.
+    items, users, truth = entries(data.test)
+    preds = np.load(tmp_path / "bench" / "predictions" / f"glocalk-seed-{SEEDS[0]}.npy")
+    assert evaluate(preds, truth, users, items, data.rating_scale)["rmse"] == pytest.approx(expected["rmse"], rel=1e-5)
+    # Pre-training: metrics from the restored history, but no weights of its selected epoch survive.
+    pre = next(r for r in results["runs"] if r["model"] == "glocalk-pretrain")
+    logged = [json.loads(line) for line in (train_dir / f"seed-{SEEDS[0]}" / "epochs.jsonl").read_text().splitlines()]
+    stage1 = [r for r in logged if r["stage"] == 1]
+    best_val = min(stage1, key=lambda r: r["val_rmse"])
+    assert pre["val_selected"]["epoch"] == best_val["epoch"] and pre["predictions"] is False
+    assert state_file.read_bytes() == before  # the train run's state is copied, never modified
+
+    with pytest.raises(bench.TrainingError, match="cannot resume"):
+        run_benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path / "other", {**TINY, "lambda_2": 3.0},
+                      plots=False, from_train=train_dir)

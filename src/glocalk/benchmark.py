@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -120,7 +121,8 @@ def run_baseline(name: str, split: RatingMatrix, seed: int, device: str = "cpu",
 
 def run_glocalk(variant: str, split: RatingMatrix, params: dict, seed: int, device: str = "cpu",
                 log_path: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None,
-                pretrain_out: dict | None = None) -> tuple[dict, np.ndarray | None]:
+                pretrain_out: dict | None = None, checkpoint_dir: str | Path | None = None,
+                resume: bool = False) -> tuple[dict, np.ndarray | None]:
     """Train one GLocal-K family member with ``glocalk.train.Trainer``.
 
     Returns (run record, clipped test predictions of the validation-selected epoch's weights).
@@ -128,6 +130,11 @@ def run_glocalk(variant: str, split: RatingMatrix, params: dict, seed: int, devi
     run's pre-training epochs, under ``"run"`` and ``"preds"``. It is the same computation as a
     separate ``epoch_f = 0`` run of the same seed (same initialisation, split and stage-1 updates),
     selected on validation among the pre-training epochs, without paying for it twice.
+
+    ``checkpoint_dir``: the trainer's per-epoch state; with ``resume`` a state found there is
+    continued (``Trainer.run`` checks that its configuration and data match). A run restored past
+    its pre-training has no pre-training weights left: its derived ``glocalk-pretrain`` run then
+    carries metrics but no test predictions (``None``; it leaves the ensembles).
     """
     model_config, train_config = split_config({**params, **GLOCALK_VARIANTS[variant], "seed": seed,
                                                "device": device})
@@ -143,14 +150,18 @@ def run_glocalk(variant: str, split: RatingMatrix, params: dict, seed: int, devi
         if on_epoch is not None:
             on_epoch(rec)
 
-    result = trainer.run(on_epoch=hook, log_path=log_path)
+    result = trainer.run(on_epoch=hook, log_path=log_path, checkpoint_dir=checkpoint_dir, resume=resume)
     wall = time.perf_counter() - t0
+    wall = max(wall, result.seconds)  # a resumed run: its restored epochs' time counts too
     has_test = "test" in trainer.splits
-    if pretrain_out is not None and snapshot:
-        stage1 = [r for r in result.history if r["stage"] == 1]
+    stage1 = [r for r in result.history if r["stage"] == 1]
+    if pretrain_out is not None and stage1:
         best, final, val_sel = summarise(stage1)
-        trainer.model.load_state_dict(snapshot["state"])
-        pretrain_out["preds"] = np.clip(trainer.predictions(1)["test"], *split.rating_scale) if has_test else None
+        if "state" in snapshot and snapshot["val_rmse"] == val_sel["val_rmse"]:
+            trainer.model.load_state_dict(snapshot["state"])
+            pretrain_out["preds"] = np.clip(trainer.predictions(1)["test"], *split.rating_scale) if has_test else None
+        else:  # its selected epoch was restored from a checkpoint, not trained here: no weights
+            pretrain_out["preds"] = None
         pretrain_out["run"] = {
             "model": "glocalk-pretrain", "seed": seed,
             "wall_time_s": float(sum(r["seconds"] + r["eval_seconds"] for r in stage1)),
@@ -222,7 +233,7 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
                   out_dir: str | Path = "runs/benchmark", params_overrides: dict | None = None, *,
                   dataset: str | None = None, ensemble: bool = False, baseline_options: dict | None = None,
                   device: str = "cpu", quick: bool = False, resume: bool = False, plots: bool = True,
-                  share_pretraining: bool = True,
+                  share_pretraining: bool = True, from_train: str | Path | None = None,
                   on_epoch: Callable[[str, int, dict], None] | None = None,
                   on_run: Callable[[dict], None] | None = None, command: list[str] | None = None) -> dict:
     """Train every model on every seed's shared split; write results.json, table.md and the plots.
@@ -246,6 +257,12 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
         share_pretraining: when both ``glocalk`` and ``glocalk-pretrain`` run, take the latter from
             the former's pre-training epochs (the same computation; see ``run_glocalk``) instead
             of training it again. Its wall time is then the sum of those epochs' times.
+        from_train: the output folder of a ``glocalk train --val-frac VAL_FRAC --seed ...`` run with
+            the same data and hyperparameters: the ``glocalk`` run of each seed it holds is continued
+            from its training state (``seed-N/state``, copied, never modified) instead of being
+            trained again, so a finished one costs only its evaluation. ``glocalk train --val-frac
+            F --seed N`` holds out the very split that this benchmark's seed N does; the trainer
+            refuses a state whose configuration or training data differ.
         on_epoch: called with (model, seed, epoch record) after every GLocal-K epoch.
         on_run: called with each finished run record.
         command: the command line to record.
@@ -283,6 +300,8 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
         "command": command if command is not None else sys.argv,
     }
     previous = _previous_runs(out_dir, config) if resume else {}
+    if from_train is not None and not Path(from_train).is_dir():
+        raise FileNotFoundError(f"--from-train: no such folder {from_train}")
     runs: list[dict] = []
     preds: dict[tuple[str, int], np.ndarray] = {}
     splits_info = []
@@ -294,7 +313,7 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
         if ensemble:
             results["ensembles"] = {}
             for model in models:
-                members = [preds[(model, s)] for s in seeds if (model, s) in preds]
+                members = [preds[(model, s)] for s in seeds if preds.get((model, s)) is not None]
                 if _is_stochastic(model) and len(members) > 1:
                     results["ensembles"][model] = ensemble_metrics(data, members)
         results["runs"] = runs
@@ -314,9 +333,9 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
         for model in order:
             pred_path = out_dir / "predictions" / f"{model}-seed-{seed}.npy"
             log_path = out_dir / "runs" / model / f"seed-{seed}.jsonl"
-            if (model, seed) in previous and pred_path.exists():
+            if (model, seed) in previous and (pred_path.exists() or not previous[(model, seed)].get("predictions", 1)):
                 run = previous[(model, seed)]
-                p = np.load(pred_path)
+                p = np.load(pred_path) if pred_path.exists() else None
             else:
                 if model in derived:
                     run, p = derived.pop(model)
@@ -324,7 +343,13 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
                     cb = None if on_epoch is None else (lambda rec, m=model, s=seed: on_epoch(m, s, rec))
                     pretrain_out = {} if share and model == "glocalk" and (
                         ("glocalk-pretrain", seed) not in previous) else None
-                    run, p = run_glocalk(model, split, params, seed, device, log_path, cb, pretrain_out)
+                    state_dir = out_dir / "state" / f"{model}-seed-{seed}"
+                    imported = _import_train_state(from_train, model, seed, state_dir)
+                    run, p = run_glocalk(model, split, params, seed, device, log_path, cb, pretrain_out,
+                                         checkpoint_dir=state_dir, resume=resume or imported)
+                    if imported:
+                        run["info"]["continued_from"] = str(Path(from_train) / f"seed-{seed}" / "state")
+                    shutil.rmtree(state_dir, ignore_errors=True)  # finished: results and predictions are kept
                     if pretrain_out:
                         derived["glocalk-pretrain"] = (pretrain_out["run"], pretrain_out["preds"])
                 else:
@@ -332,8 +357,10 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
                 if model not in GLOCALK_VARIANTS or run["info"].get("shared_with"):
                     log_path.parent.mkdir(parents=True, exist_ok=True)
                     log_path.write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in run["history"]))
-                pred_path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(pred_path, p)
+                run["predictions"] = p is not None
+                if p is not None:
+                    pred_path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(pred_path, p)
             runs.append(run)
             runs.sort(key=lambda r: (seeds.index(r["seed"]), models.index(r["model"])))
             preds[(model, seed)] = p
@@ -346,6 +373,17 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
         plot_curves(results, out_dir / "curves.png")
         plot_bars(results, out_dir / "bars.png")
     return results
+
+
+def _import_train_state(from_train: str | Path | None, model: str, seed: int, state_dir: Path) -> bool:
+    """Copy a ``glocalk train`` run's training state of ``seed`` to ``state_dir``; True if there was one."""
+    if from_train is None or model != "glocalk" or state_dir.exists():
+        return False
+    source = Path(from_train) / f"seed-{seed}" / "state"
+    if not source.is_dir() or not any(d.is_dir() for d in (source / "last", source / ".last.old")):
+        return False
+    shutil.copytree(source, state_dir)
+    return True
 
 
 def _is_stochastic(model: str) -> bool:

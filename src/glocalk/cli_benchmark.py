@@ -94,7 +94,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(f"{len(args.models)} models x {len(args.seed)} seeds -> {out}", file=sys.stderr)
     run_benchmark(data, args.models, args.seed, args.val_frac, out, overrides, dataset=args.dataset,
                   ensemble=args.ensemble, baseline_options=baseline_options, device=args.device, quick=args.quick,
-                  resume=args.resume, plots=not args.no_plots, on_epoch=on_epoch, on_run=on_run,
+                  resume=args.resume, plots=not args.no_plots, from_train=args.from_train,
+                  on_epoch=on_epoch, on_run=on_run,
                   command=["glocalk", *sys.argv[1:]])
     print((out / "table.md").read_text())
     written = ["results.json", "table.md"] + ([] if args.no_plots else ["curves.png", "bars.png"])
@@ -175,7 +176,12 @@ def register(sub) -> None:
                    help=f"smoke run: GLocal-K {QUICK_PARAMS}, baselines {QUICK_BASELINE_OPTIONS}; "
                         "the numbers mean nothing")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the finished (model, seed) runs of an interrupted benchmark in --out")
+                   help="reuse the finished (model, seed) runs of an interrupted benchmark in --out and "
+                        "continue its interrupted GLocal-K runs from their last epoch")
+    p.add_argument("--from-train", default=None, metavar="DIR",
+                   help="take the glocalk model's runs from a 'glocalk train --val-frac F --seed ...' output "
+                        "folder with the same data, hyperparameters and --val-frac (continued from its training "
+                        "states, which are copied, not modified) instead of training them again")
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and bars.png")
     p.add_argument("--patience", type=int, default=None,
                    help="GLocal-K early stopping: end after N epochs without a better validation RMSE "
