@@ -258,3 +258,33 @@ def test_from_train_reuses_glocalk_train_runs_without_training(data, tmp_path, m
     with pytest.raises(bench.TrainingError, match="cannot resume"):
         run_benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path / "other", {**TINY, "lambda_2": 3.0},
                       plots=False, from_train=train_dir)
+
+
+def test_tabulate_only_trains_nothing_and_reports_each_rows_seeds(bench_run, data, tmp_path, monkeypatch):
+    import shutil
+
+    out, results = bench_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # Keep only seed 1 of GLocal-K: its row must then average that one seed.
+    doc = json.loads((copy / "results.json").read_text())
+    doc["runs"] = [r for r in doc["runs"] if not (r["model"] == "glocalk" and r["seed"] == SEEDS[1])]
+    (copy / "results.json").write_text(json.dumps(doc))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("--tabulate-only trained a model")
+
+    monkeypatch.setattr(bench, "run_glocalk", fail)
+    monkeypatch.setattr(bench, "run_baseline", fail)
+    again = run_benchmark(data, ["biases", "glocalk"], SEEDS, 0.1, copy, TINY, ensemble=True,
+                          baseline_options=BASELINE_OPTIONS, train=False, plots=False)
+    glocalk_seed1 = next(r for r in results["runs"] if r["model"] == "glocalk" and r["seed"] == SEEDS[0])
+    assert again["summary"]["glocalk"]["n_seeds"] == 1
+    assert again["summary"]["glocalk"]["mean"]["rmse"] == glocalk_seed1["val_selected"]["rmse"]
+    assert again["summary"]["biases"] == results["summary"]["biases"]
+    assert "glocalk" not in again["ensembles"]  # one member is no ensemble
+    table = (copy / "table.md").read_text()
+    assert _row(table, "GLocal-K")[-1] == str(SEEDS[0])
+    assert _row(table, "User + item biases")[-1] == ", ".join(map(str, SEEDS))
+    with pytest.raises(FileNotFoundError, match="nothing to tabulate"):
+        run_benchmark(data, ["biases"], SEEDS, 0.1, tmp_path / "empty", TINY, train=False)

@@ -233,7 +233,7 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
                   out_dir: str | Path = "runs/benchmark", params_overrides: dict | None = None, *,
                   dataset: str | None = None, ensemble: bool = False, baseline_options: dict | None = None,
                   device: str = "cpu", quick: bool = False, resume: bool = False, plots: bool = True,
-                  share_pretraining: bool = True, from_train: str | Path | None = None,
+                  share_pretraining: bool = True, from_train: str | Path | None = None, train: bool = True,
                   on_epoch: Callable[[str, int, dict], None] | None = None,
                   on_run: Callable[[dict], None] | None = None, command: list[str] | None = None) -> dict:
     """Train every model on every seed's shared split; write results.json, table.md and the plots.
@@ -263,6 +263,9 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
             trained again, so a finished one costs only its evaluation. ``glocalk train --val-frac
             F --seed N`` holds out the very split that this benchmark's seed N does; the trainer
             refuses a state whose configuration or training data differ.
+        train: False: train nothing; tabulate and plot the finished runs of ``out_dir``'s
+            results.json (implies ``resume``); (model, seed) pairs without a finished run are left
+            out, and the table says which seeds each row averages.
         on_epoch: called with (model, seed, epoch record) after every GLocal-K epoch.
         on_run: called with each finished run record.
         command: the command line to record.
@@ -299,7 +302,9 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
         "device_description": device_description(device),
         "command": command if command is not None else sys.argv,
     }
-    previous = _previous_runs(out_dir, config) if resume else {}
+    previous = _previous_runs(out_dir, config) if resume or not train else {}
+    if not train and not previous:
+        raise FileNotFoundError(f"nothing to tabulate: no finished runs in {out_dir / 'results.json'}")
     if from_train is not None and not Path(from_train).is_dir():
         raise FileNotFoundError(f"--from-train: no such folder {from_train}")
     runs: list[dict] = []
@@ -313,9 +318,10 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
         if ensemble:
             results["ensembles"] = {}
             for model in models:
-                members = [preds[(model, s)] for s in seeds if preds.get((model, s)) is not None]
-                if _is_stochastic(model) and len(members) > 1:
-                    results["ensembles"][model] = ensemble_metrics(data, members)
+                member_seeds = [s for s in seeds if preds.get((model, s)) is not None]
+                if _is_stochastic(model) and len(member_seeds) > 1:
+                    results["ensembles"][model] = {
+                        **ensemble_metrics(data, [preds[(model, s)] for s in member_seeds]), "seeds": member_seeds}
         results["runs"] = runs
         write_json_atomic(out_dir / "results.json", _jsonable(results))
         return results
@@ -336,6 +342,8 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
             if (model, seed) in previous and (pred_path.exists() or not previous[(model, seed)].get("predictions", 1)):
                 run = previous[(model, seed)]
                 p = np.load(pred_path) if pred_path.exists() else None
+            elif not train:
+                continue
             else:
                 if model in derived:
                     run, p = derived.pop(model)
@@ -435,23 +443,25 @@ def markdown_table(results: dict) -> str:
         + (" **Quick smoke run: few epochs, small network; the numbers mean nothing.**"
            if results.get("quick") else ""),
         "",
-        "| model | RMSE | MAE | NDCG | RMSE, paper protocol † | selected epoch | wall time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | RMSE | MAE | NDCG | RMSE, paper protocol † | selected epoch | wall time (s) | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model in results["models"]:
         entry = results["summary"].get(model)
         if entry is None:
             continue
         lines.append(f"| {LABELS[model]} | {_pm(entry, 'rmse')} | {_pm(entry, 'mae')} | {_pm(entry, 'ndcg')} | "
-                     f"{_pm(entry, 'best_rmse')} | {_pm(entry, 'epoch', 1)} | {_pm(entry, 'wall_time_s', 1)} |")
+                     f"{_pm(entry, 'best_rmse')} | {_pm(entry, 'epoch', 1)} | {_pm(entry, 'wall_time_s', 1)} | "
+                     f"{', '.join(str(s) for s in entry['seeds'])} |")
     for model, ens in (results.get("ensembles") or {}).items():
         wall = sum(r["wall_time_s"] for r in results["runs"] if r["model"] == model)
         lines.append(f"| {LABELS[model]}, ensemble of {ens['n_models']} seeds | {ens['rmse']:.4f} | "
-                     f"{ens['mae']:.4f} | {ens['ndcg']:.4f} | – | – | {wall:.1f} |")
+                     f"{ens['mae']:.4f} | {ens['ndcg']:.4f} | – | – | {wall:.1f} | "
+                     f"{', '.join(str(s) for s in ens.get('seeds', []))} |")
     paper = results.get("paper")
     if paper:
         lines.append(f"| *GLocal-K as published (Han et al. 2021, Table 2; best test epoch)* | {paper['rmse']:.4f} | "
-                     f"{paper['mae']:.4f} | {paper['ndcg']:.4f} | {paper['rmse']:.4f} | – | – |")
+                     f"{paper['mae']:.4f} | {paper['ndcg']:.4f} | {paper['rmse']:.4f} | – | – | – |")
     lines += ["", "† The paper's protocol: the best test RMSE over the fine-tuning epochs (over the pre-training "
               "epochs for models without fine-tuning), GLocal-K family only. It chooses the epoch on the test set, "
               "so it is optimistic and not an honest estimate; it is what the paper reports."]

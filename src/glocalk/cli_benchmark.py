@@ -95,6 +95,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     run_benchmark(data, args.models, args.seed, args.val_frac, out, overrides, dataset=args.dataset,
                   ensemble=args.ensemble, baseline_options=baseline_options, device=args.device, quick=args.quick,
                   resume=args.resume, plots=not args.no_plots, from_train=args.from_train,
+                  train=not args.tabulate_only,
                   on_epoch=on_epoch, on_run=on_run,
                   command=["glocalk", *sys.argv[1:]])
     print((out / "table.md").read_text())
@@ -178,6 +179,9 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="reuse the finished (model, seed) runs of an interrupted benchmark in --out and "
                         "continue its interrupted GLocal-K runs from their last epoch")
+    p.add_argument("--tabulate-only", action="store_true",
+                   help="train nothing: rewrite table.md and the plots from the finished runs in --out for the "
+                        "given --models and --seed (missing runs are left out; the table lists each row's seeds)")
     p.add_argument("--from-train", default=None, metavar="DIR",
                    help="take the glocalk model's runs from a 'glocalk train --val-frac F --seed ...' output "
                         "folder with the same data, hyperparameters and --val-frac (continued from its training "
