@@ -125,7 +125,7 @@ def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {**params, "device": device}
     t0 = time.perf_counter()
-    runs, predictions = [], []
+    runs, predictions, growth = [], [], []
     header = {
         "dataset": data.name, "seeds": list(seeds), "hyperparameters": params, "val_frac": val_frac,
         "data": {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(data.train.nnz),
@@ -144,6 +144,9 @@ def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: 
         if preds is not None:
             predictions.append(preds)
             extra["ensemble"] = ensemble_metrics(data, predictions, "val_selected" if val_frac else "final")
+            # RMSE of the ensemble of the first k seeds, k = 1..n: how much each member adds.
+            growth.append(extra["ensemble"]["rmse"])
+            extra["ensemble"]["rmse_by_members"] = list(growth)
         # Rewritten after each seed, so an interrupted multi-seed run keeps what it finished.
         write_json_atomic(out_dir / "summary.json", {
             **header, "wall_time_s": time.perf_counter() - t0, "complete": len(runs) == len(seeds),
