@@ -14,6 +14,10 @@ n_hid       {250, 500}            hidden units per layer (paper: 500)
 iter_f      {5, 10}               L-BFGS iterations per fine-tuning epoch (paper: 5 or 10)
 ==========  ====================  =========================================================
 
+Trial 0 is the preset's own values of the searched hyperparameters (``preset_first``), so the
+best trial is never worse on validation than the paper's configuration; TPE starts modelling
+after ``min(10, n_trials // 3)`` random trials.
+
 Everything else comes from the dataset's preset (``glocalk.presets``): n_dim, n_layers,
 gk_size, iter_p, epoch_p, and epoch_f as the fine-tuning budget, cut short by early
 stopping after ``patience`` fine-tuning epochs without a better validation RMSE.
