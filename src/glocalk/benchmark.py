@@ -358,6 +358,8 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
                     if imported:
                         run["info"]["continued_from"] = str(Path(from_train) / f"seed-{seed}" / "state")
                     shutil.rmtree(state_dir, ignore_errors=True)  # finished: results and predictions are kept
+                    if not any(state_dir.parent.iterdir()):
+                        state_dir.parent.rmdir()
                     if pretrain_out:
                         derived["glocalk-pretrain"] = (pretrain_out["run"], pretrain_out["preds"])
                 else:
