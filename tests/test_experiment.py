@@ -119,3 +119,10 @@ def test_interrupted_multi_seed_run_keeps_finished_seeds(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["complete"] is False and [r["seed"] for r in summary["runs"]] == [1]
     assert "val_selected" not in summary["runs"][0] or summary["runs"][0]["val_selected"] is None
+
+
+def test_device_description_names_the_threads_a_run_was_given():
+    from glocalk.experiment import device_description
+
+    assert device_description("cpu", 1).endswith(", 1 torch threads)")
+    assert device_description("cpu", 3).endswith(", 3 torch threads)")

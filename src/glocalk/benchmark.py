@@ -299,7 +299,7 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
                  "n_train": int(data.train.nnz), "n_test": int(data.test.nnz),
                  "rating_scale": list(data.rating_scale)},
         "paper": PAPER_RESULTS.get(key or ""), "versions": versions(),
-        "device_description": device_description(device),
+        "device_description": device_description(device, params.get("threads")),
         "command": command if command is not None else sys.argv,
     }
     previous = _previous_runs(out_dir, config) if resume or not train else {}

@@ -31,11 +31,12 @@ def versions() -> dict[str, str]:
             "scipy": scipy.__version__, "python": platform.python_version()}
 
 
-def device_description(device: str) -> str:
+def device_description(device: str, threads: int | None = None) -> str:
+    """The device a run used, in words; ``threads``: the torch threads it was given (default: torch's now)."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"{torch.get_num_threads()} torch threads)"
+           f"{threads or torch.get_num_threads()} torch threads)"
 
 
 def write_json_atomic(path: str | Path, obj: dict) -> None:
@@ -131,7 +132,7 @@ def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: 
         "data": {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(data.train.nnz),
                  "n_test": int(data.test.nnz) if data.test is not None else 0,
                  "rating_scale": list(data.rating_scale), "fingerprint": data.fingerprint()},
-        "versions": versions(), "device": device_description(device),
+        "versions": versions(), "device": device_description(device, params.get("threads")),
         "command": command if command is not None else sys.argv,
     }
     for seed in seeds:
