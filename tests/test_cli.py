@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
+from conftest import tiny_ratings
 
 import glocalk.datasets
 from glocalk.cli import main
@@ -16,13 +15,7 @@ TINY = ["--n-hid", "8", "--epoch-p", "2", "--epoch-f", "3", "--iter-p", "2", "--
 
 
 def tiny_data() -> RatingMatrix:
-    rng = np.random.default_rng(0)
-    signal = 3 + rng.normal(0, 0.8, (40, 1)) + rng.normal(0, 0.5, (1, 30))
-    r = np.clip(np.rint(signal + rng.normal(0, 0.4, signal.shape)), 1, 5)
-    observed = rng.random(r.shape) < 0.4
-    is_test = observed & (rng.random(r.shape) < 0.2)
-    return RatingMatrix(sp.csr_matrix(np.where(observed & ~is_test, r, 0.0)),
-                        sp.csr_matrix(np.where(is_test, r, 0.0)), rating_scale=(1.0, 5.0), name="ml-100k")
+    return tiny_ratings(name="ml-100k")
 
 
 @pytest.fixture

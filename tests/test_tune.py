@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 
 pytest.importorskip("optuna")
+
+from conftest import tiny_ratings  # noqa: E402
 
 import glocalk.tune as tune_mod  # noqa: E402
 from glocalk.data import RatingMatrix  # noqa: E402
@@ -19,14 +19,7 @@ FIXED = {"n_hid": 8, "epoch_p": 2, "epoch_f": 2, "iter_p": 2, "iter_f": 2}
 
 
 def tiny_data(seed: int = 0) -> RatingMatrix:
-    rng = np.random.default_rng(seed)
-    n_items, n_users = 60, 50
-    signal = 3 + rng.normal(0, 0.8, (n_items, 1)) + rng.normal(0, 0.5, (1, n_users))
-    r = np.clip(np.rint(signal + rng.normal(0, 0.4, signal.shape)), 1, 5)
-    observed = rng.random(r.shape) < 0.35
-    is_test = observed & (rng.random(r.shape) < 0.2)
-    return RatingMatrix(sp.csr_matrix(np.where(observed & ~is_test, r, 0.0)),
-                        sp.csr_matrix(np.where(is_test, r, 0.0)), rating_scale=(1.0, 5.0), name="tiny")
+    return tiny_ratings(60, 50, 0.35, seed)
 
 
 @pytest.fixture(scope="module")
