@@ -288,3 +288,16 @@ def test_tabulate_only_trains_nothing_and_reports_each_rows_seeds(bench_run, dat
     assert _row(table, "User + item biases")[-1] == ", ".join(map(str, SEEDS))
     with pytest.raises(FileNotFoundError, match="nothing to tabulate"):
         run_benchmark(data, ["biases"], SEEDS, 0.1, tmp_path / "empty", TINY, train=False)
+
+
+def test_a_resumed_invocation_on_other_models_keeps_the_finished_runs(data, tmp_path):
+    first = run_benchmark(data, ["biases"], SEEDS, 0.1, tmp_path, TINY, baseline_options=BASELINE_OPTIONS,
+                          plots=False)
+    run_benchmark(data, ["global-mean"], SEEDS[:1], 0.1, tmp_path, TINY, baseline_options=BASELINE_OPTIONS,
+                  resume=True, plots=False)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["model"], r["seed"]) for r in on_disk["runs"]} == {("biases", 1), ("biases", 2), ("global-mean", 1)}
+    both = run_benchmark(data, ["global-mean", "biases"], SEEDS, 0.1, tmp_path, TINY,
+                         baseline_options=BASELINE_OPTIONS, train=False, plots=False)
+    assert both["summary"]["biases"] == first["summary"]["biases"]
+    assert both["summary"]["global-mean"]["seeds"] == [1]

@@ -305,6 +305,7 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
     previous = _previous_runs(out_dir, config) if resume or not train else {}
     if not train and not previous:
         raise FileNotFoundError(f"nothing to tabulate: no finished runs in {out_dir / 'results.json'}")
+    kept = [r for (m, s), r in previous.items() if m not in models or s not in seeds]
     if from_train is not None and not Path(from_train).is_dir():
         raise FileNotFoundError(f"--from-train: no such folder {from_train}")
     runs: list[dict] = []
@@ -322,7 +323,9 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
                 if _is_stochastic(model) and len(member_seeds) > 1:
                     results["ensembles"][model] = {
                         **ensemble_metrics(data, [preds[(model, s)] for s in member_seeds]), "seeds": member_seeds}
-        results["runs"] = runs
+        # Finished runs of other models or seeds in the folder stay in results.json (an invocation on
+        # a subset never drops them); the table and plots use only this invocation's models and seeds.
+        results["runs"] = runs + kept
         write_json_atomic(out_dir / "results.json", _jsonable(results))
         return results
 
@@ -456,7 +459,8 @@ def markdown_table(results: dict) -> str:
                      f"{_pm(entry, 'best_rmse')} | {_pm(entry, 'epoch', 1)} | {_pm(entry, 'wall_time_s', 1)} | "
                      f"{', '.join(str(s) for s in entry['seeds'])} |")
     for model, ens in (results.get("ensembles") or {}).items():
-        wall = sum(r["wall_time_s"] for r in results["runs"] if r["model"] == model)
+        wall = sum(r["wall_time_s"] for r in results["runs"]
+                   if r["model"] == model and r["seed"] in ens.get("seeds", results["seeds"]))
         lines.append(f"| {LABELS[model]}, ensemble of {ens['n_models']} seeds | {ens['rmse']:.4f} | "
                      f"{ens['mae']:.4f} | {ens['ndcg']:.4f} | – | – | {wall:.1f} | "
                      f"{', '.join(str(s) for s in ens.get('seeds', []))} |")
