@@ -151,8 +151,7 @@ def run_glocalk(variant: str, split: RatingMatrix, params: dict, seed: int, devi
             on_epoch(rec)
 
     result = trainer.run(on_epoch=hook, log_path=log_path, checkpoint_dir=checkpoint_dir, resume=resume)
-    wall = time.perf_counter() - t0
-    wall = max(wall, result.seconds)  # a resumed run: its restored epochs' time counts too
+    wall = max(time.perf_counter() - t0, result.seconds)  # resumed: the restored epochs' time counts too
     has_test = "test" in trainer.splits
     stage1 = [r for r in result.history if r["stage"] == 1]
     if pretrain_out is not None and stage1:
@@ -344,8 +343,9 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
         for model in order:
             pred_path = out_dir / "predictions" / f"{model}-seed-{seed}.npy"
             log_path = out_dir / "runs" / model / f"seed-{seed}.jsonl"
-            if (model, seed) in previous and (pred_path.exists() or not previous[(model, seed)].get("predictions", 1)):
-                run = previous[(model, seed)]
+            done = previous.get((model, seed))
+            if done is not None and (pred_path.exists() or done.get("predictions") is False):
+                run = done
                 p = np.load(pred_path) if pred_path.exists() else None
             elif not train:
                 continue
@@ -362,9 +362,7 @@ def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_f
                                          checkpoint_dir=state_dir, resume=resume or imported)
                     if imported:
                         run["info"]["continued_from"] = str(Path(from_train) / f"seed-{seed}" / "state")
-                    shutil.rmtree(state_dir, ignore_errors=True)  # finished: results and predictions are kept
-                    if not any(state_dir.parent.iterdir()):
-                        state_dir.parent.rmdir()
+                    _remove_state(state_dir)  # finished: results and predictions are kept
                     if pretrain_out:
                         derived["glocalk-pretrain"] = (pretrain_out["run"], pretrain_out["preds"])
                 else:
@@ -399,6 +397,13 @@ def _import_train_state(from_train: str | Path | None, model: str, seed: int, st
         return False
     shutil.copytree(source, state_dir)
     return True
+
+
+def _remove_state(state_dir: Path) -> None:
+    """Delete a finished run's training state, and the ``state`` folder once it is empty."""
+    shutil.rmtree(state_dir, ignore_errors=True)
+    if state_dir.parent.is_dir() and not any(state_dir.parent.iterdir()):
+        state_dir.parent.rmdir()
 
 
 def _is_stochastic(model: str) -> bool:
