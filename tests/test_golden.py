@@ -47,7 +47,8 @@ def _ratings(seed: int = 0, n_items: int = 40, n_users: int = 30) -> list[tuple[
     r = np.clip(np.rint(signal + rng.normal(0, 0.4, signal.shape)), 1, 5).astype(int)
     observed = rng.random(r.shape) < 0.4
     items, users = np.nonzero(observed)
-    return [(int(u) + 1, int(i) + 1, int(r[i, u]), 1_700_000_000 + k) for k, (i, u) in enumerate(zip(items, users, strict=True))]
+    return [(int(u) + 1, int(i) + 1, int(r[i, u]), 1_700_000_000 + k)
+            for k, (i, u) in enumerate(zip(items, users, strict=True))]
 
 
 def _test_mask(n: int, seed: int = 1) -> np.ndarray:
