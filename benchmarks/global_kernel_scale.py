@@ -16,9 +16,9 @@ import json
 
 import torch
 
-from glocalk.checkpoint import load_dir
-from glocalk.datasets import load_dataset
+from glocalk.data.datasets import load_dataset
 from glocalk.model import GLocalK, GLocalKConfig, prepare_input
+from glocalk.store import load_dir
 
 
 def analyse(dataset: str, state_dir: str, data_dir: str | None) -> list[dict]:

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from glocalk.datasets import load_dataset
+from glocalk.data.datasets import load_dataset
 from glocalk.model import GLocalK, prepare_input
 from glocalk.presets import preset, split_config
 

@@ -22,7 +22,7 @@ Sections (``--sections``, all by default):
     ``--reuse ml-1m:sparse=runs/ml-1m-paper`` takes a protocol figure from a ``glocalk train``
     run instead of repeating it (its summary.json and seed-N/epochs.jsonl; also labelled).
 ``scaling``
-    Sparse path on synthetic data (``glocalk.synthetic``) of ML-10M's shape, 10,681 items x
+    Sparse path on synthetic data (``glocalk.data.synthetic``) of ML-10M's shape, 10,681 items x
     69,878 users, with 1e5 ... 1e7 ratings: time per loss + gradient of both stages, the
     log-log slope (over all points and over the top decade) and a PNG. The shape is FIXED so
     that only nnz varies; the O(n_items n_hid^2 + n_users n_hid) dense parts are then a
@@ -99,10 +99,10 @@ def _phase(text: str) -> None:
 def _load(spec: dict):
     """The RatingMatrix a worker spec names: a paper dataset or a synthetic one."""
     if "synthetic" in spec:
-        from glocalk.synthetic import make_ratings
+        from glocalk.data.synthetic import make_ratings
 
         return make_ratings(**spec["synthetic"])
-    from glocalk.datasets import load_dataset
+    from glocalk.data.datasets import load_dataset
 
     return load_dataset(spec["dataset"], data_dir=spec.get("data_dir"))
 
@@ -810,7 +810,7 @@ def render_device(key: str, res: dict, png_name: str) -> list[str]:
     sc = res.get("scaling")
     if sc:
         L += ["### Time per pass versus nnz (synthetic, sparse path)", "",
-              f"`glocalk.synthetic.make_ratings` at a fixed {sc['shape'][0]:,} x {sc['shape'][1]:,} shape "
+              f"`glocalk.data.synthetic.make_ratings` at a fixed {sc['shape'][0]:,} x {sc['shape'][1]:,} shape "
               f"({_shape_name(sc['shape'])}), power-law popularity and activity, rank-10 ratings; "
               f"{sc['hyperparameters']}. The shape is fixed so only nnz varies; the parts that do not depend "
               "on nnz (the n_items x n_hid x n_hid GEMMs, the local kernels of the n_users x n_hid first and "
@@ -989,8 +989,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args)
     available = []
     if {"passes", "protocols"} & set(sections):
-        from glocalk.data import DataError
-        from glocalk.datasets import find_dataset_dir
+        from glocalk.data.datasets import find_dataset_dir
+        from glocalk.data.matrix import DataError
 
         for name in datasets:
             try:

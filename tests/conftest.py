@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from glocalk.data import RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 
 
 @pytest.fixture(scope="module")

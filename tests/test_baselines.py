@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from glocalk.baselines import BiasedMF, Biases, GlobalMean, entries, fit_biases, make_baseline
-from glocalk.data import RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 from glocalk.metrics import rmse
 
 

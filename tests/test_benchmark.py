@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import glocalk.benchmark as bench
+import glocalk.compare.harness as bench
 from glocalk.baselines import entries
-from glocalk.benchmark import MODELS, benchmark_split, run_benchmark
-from glocalk.data import RatingMatrix
+from glocalk.compare.harness import MODELS, benchmark_split, run_benchmark
+from glocalk.data.matrix import RatingMatrix
 from glocalk.metrics import evaluate
 
 TINY = {"n_hid": 8, "epoch_p": 2, "epoch_f": 2, "iter_p": 2, "iter_f": 2}
@@ -169,10 +169,10 @@ def test_bad_arguments(data, tmp_path):
 
 
 def test_cli_benchmark_quick(monkeypatch, tmp_path, capsys):
-    import glocalk.datasets
-    from glocalk.cli import main
+    import glocalk.data.datasets
+    from glocalk.cli.app import main
 
-    monkeypatch.setattr(glocalk.datasets, "load_dataset", lambda name, data_dir=None, download=False: tiny_data())
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", lambda name, data_dir=None, download=False: tiny_data())
     out = tmp_path / "cli"
     rc = main(["benchmark", "--dataset", "tiny", "--quick", "--models", "global-mean", "biases", "glocalk",
                "--seed", "1", "2", "--n-hid", "8", "--iter-p", "2", "--iter-f", "2", "--out", str(out), "--quiet"])
@@ -225,7 +225,7 @@ def test_interrupted_glocalk_run_continues_from_its_last_epoch(bench_run, data, 
 
 
 def test_from_train_reuses_glocalk_train_runs_without_training(data, tmp_path, monkeypatch):
-    from glocalk.experiment import run_experiment
+    from glocalk.protocol import run_experiment
 
     train_dir = tmp_path / "train"
     summary = run_experiment(data, TINY, SEEDS[:1], train_dir, val_frac=0.1, command=["test"])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from glocalk.checkpoint import FORMAT_VERSION, META, WEIGHTS, CheckpointError, load_dir, save_dir
+from glocalk.store import FORMAT_VERSION, META, WEIGHTS, CheckpointError, load_dir, save_dir
 
 
 def sample_tensors():

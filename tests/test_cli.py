@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import tiny_ratings
 
-import glocalk.datasets
-from glocalk.cli import main
-from glocalk.data import RatingMatrix
+import glocalk.data.datasets
+from glocalk.cli.app import main
+from glocalk.data.matrix import RatingMatrix
 
 TINY = ["--n-hid", "8", "--epoch-p", "2", "--epoch-f", "3", "--iter-p", "2", "--iter-f", "2"]
 
@@ -26,7 +26,7 @@ def fake_dataset(monkeypatch):
         asked.append((name, data_dir, download))
         return tiny_data()
 
-    monkeypatch.setattr(glocalk.datasets, "load_dataset", load)
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", load)
     return asked
 
 

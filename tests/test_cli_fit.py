@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from glocalk import cli, cli_fit
-from glocalk.cli import build_parser, main
+from glocalk.cli import app as cli
+from glocalk.cli import fit as cli_fit
+from glocalk.cli.app import build_parser, main
 from glocalk.estimator import GLocalKRecommender, example_ratings
 
 TINY = ["--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from glocalk import datasets as ds
-from glocalk.data import DataError
+from glocalk.data import datasets as ds
+from glocalk.data.matrix import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GLOCALK_DATA") or REPO_ROOT.parent / "shared" / "data")

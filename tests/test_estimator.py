@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from glocalk.checkpoint import CheckpointError
-from glocalk.data import DataError, RatingMatrix
+from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.readers import read_ratings, to_rating_matrix
 from glocalk.estimator import GLocalKRecommender, cross_validate, example_ratings, read_pairs
-from glocalk.readers import read_ratings, to_rating_matrix
+from glocalk.store import CheckpointError
 
 # Tiny settings: the suite runs on 2 shared cores.
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)
@@ -395,7 +395,7 @@ def test_save_is_atomic(tmp_path, fitted, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("glocalk.checkpoint.save_file", crash)
+    monkeypatch.setattr("glocalk.store.save_file", crash)
     with pytest.raises(KeyboardInterrupt):
         fitted.save(target)
     assert (target / "model.json").read_text() == before  # the old model is intact

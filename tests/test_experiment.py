@@ -10,10 +10,10 @@ import pytest
 import scipy.sparse as sp
 from conftest import tiny_ratings
 
-from glocalk.checkpoint import load_dir
-from glocalk.data import RatingMatrix
-from glocalk.experiment import aggregate, ensemble_metrics, run_experiment
+from glocalk.data.matrix import RatingMatrix
 from glocalk.presets import split_config
+from glocalk.protocol import aggregate, ensemble_metrics, run_experiment
+from glocalk.store import load_dir
 from glocalk.train import Trainer
 
 TINY = {"n_hid": 8, "epoch_p": 2, "epoch_f": 3, "iter_p": 2, "iter_f": 2}
@@ -116,7 +116,7 @@ def test_interrupted_multi_seed_run_keeps_finished_seeds(tmp_path):
 
 
 def test_device_description_names_the_threads_a_run_was_given():
-    from glocalk.experiment import device_description
+    from glocalk.protocol import device_description
 
     assert device_description("cpu", 1).endswith(", 1 torch threads)")
     assert device_description("cpu", 3).endswith(", 3 torch threads)")

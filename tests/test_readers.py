@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glocalk.data import DataError, RatingMatrix
-from glocalk.readers import IdMap, Ratings, build_matrix, read_ratings, to_rating_matrix
+from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.readers import IdMap, Ratings, build_matrix, read_ratings, to_rating_matrix
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

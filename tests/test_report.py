@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from glocalk.report import epoch_table, load_summary, results_table
+from glocalk.compare.report import epoch_table, load_summary, results_table
 
 SUMMARY = {
     "dataset": "ml-100k", "seeds": [1, 2], "hyperparameters": {"gk_norm": "paper"}, "val_frac": 0.05,

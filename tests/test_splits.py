@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glocalk.data import DataError
-from glocalk.readers import Ratings, read_ratings, to_rating_matrix
-from glocalk.splits import (
+from glocalk.data.matrix import DataError
+from glocalk.data.readers import Ratings, read_ratings, to_rating_matrix
+from glocalk.data.splits import (
     kfold,
     per_user_holdout,
     random_holdout,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from glocalk.data import RatingMatrix
-from glocalk.synthetic import make_ratings, sample_cells, true_scores
+from glocalk.data.matrix import RatingMatrix
+from glocalk.data.synthetic import make_ratings, sample_cells, true_scores
 
 
 def _all(data: RatingMatrix) -> sp.csr_matrix:

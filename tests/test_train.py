@@ -21,9 +21,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from glocalk.checkpoint import CheckpointError, save_dir
-from glocalk.data import DataError, RatingMatrix
+from glocalk.data.matrix import DataError, RatingMatrix
 from glocalk.model import GLocalKConfig
+from glocalk.store import CheckpointError, save_dir
 from glocalk.train import TrainConfig, Trainer, TrainingError, choose_path, lbfgs_epoch, summarise
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]

@@ -11,9 +11,9 @@ pytest.importorskip("optuna")
 
 from conftest import tiny_ratings  # noqa: E402
 
-import glocalk.tune as tune_mod  # noqa: E402
-from glocalk.data import RatingMatrix  # noqa: E402
-from glocalk.tune import SEARCH_SPACE, describe_space, tune  # noqa: E402
+import glocalk.compare.tune as tune_mod  # noqa: E402
+from glocalk.compare.tune import SEARCH_SPACE, describe_space, tune  # noqa: E402
+from glocalk.data.matrix import RatingMatrix  # noqa: E402
 
 FIXED = {"n_hid": 8, "epoch_p": 2, "epoch_f": 2, "iter_p": 2, "iter_f": 2}
 
@@ -88,10 +88,10 @@ def test_pruning_and_early_stopping_run(tmp_path):
 
 
 def test_cli_tune(monkeypatch, tmp_path, capsys):
-    import glocalk.datasets
-    from glocalk.cli import main
+    import glocalk.data.datasets
+    from glocalk.cli.app import main
 
-    monkeypatch.setattr(glocalk.datasets, "load_dataset", lambda name, data_dir=None, download=False: tiny_data())
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", lambda name, data_dir=None, download=False: tiny_data())
     rc = main(["tune", "--dataset", "tiny", "--trials", "2", "--val-frac", "0.1", "--n-hid", "8", "--epoch-p", "2",
                "--epoch-f", "2", "--iter-p", "2", "--iter-f", "2", "--lambda-2", "5", "--patience", "0",
                "--out", str(tmp_path), "--quiet"])

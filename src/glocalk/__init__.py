@@ -4,11 +4,11 @@ Python API: ``GLocalKRecommender`` (fit / predict / recommend / save / load) for
 ratings; ``load_dataset`` + ``train`` for the paper's benchmarks.
 """
 
-from glocalk.data import DataError, RatingMatrix
-from glocalk.datasets import load_dataset
+from glocalk.data.datasets import load_dataset
+from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.readers import read_ratings
 from glocalk.estimator import GLocalKRecommender
 from glocalk.model import GLocalK, GLocalKConfig
-from glocalk.readers import read_ratings
 from glocalk.train import TrainConfig, TrainResult, train
 
 __version__ = "0.1.0"

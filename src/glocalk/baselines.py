@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from glocalk.data import RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 from glocalk.metrics import evaluate, rmse
 
 SPLITS = ("train", "val", "test")

@@ -45,13 +45,13 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.baselines import entries, fit_biases
-from glocalk.checkpoint import CheckpointError, load_dir, save_dir
-from glocalk.data import DataError, RatingMatrix
-from glocalk.data import _as_csr as _csr  # float32, explicit zeros removed, sorted
+from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.matrix import _as_csr as _csr  # float32, explicit zeros removed, sorted
+from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
 from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.model import GLocalK, prepare_input
 from glocalk.presets import MODEL_KEYS, preset, split_config
-from glocalk.readers import IdMap, read_ratings, to_rating_matrix
+from glocalk.store import CheckpointError, load_dir, save_dir
 from glocalk.train import Trainer
 
 MODEL_KIND = "glocalk-model"
@@ -478,7 +478,7 @@ class GLocalKRecommender:
     def save(self, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
         """Write the fitted model as directory ``path`` (atomically; see the module docstring)."""
         self._check_fitted()
-        from glocalk.experiment import versions
+        from glocalk.protocol import versions
 
         tensors: dict[str, torch.Tensor] = {}
         for k, m in enumerate(self._members):
@@ -543,7 +543,7 @@ def cross_validate(estimator: GLocalKRecommender, data: Any, folds: int = 5, see
     training state for ``resume``. Returns ``{"folds", "seed", "per_fold": [...], "mean": {...},
     "std": {...}}`` (std with ddof=1 over the folds; NaN NDCGs are left out of its mean and std).
     """
-    from glocalk.splits import kfold
+    from glocalk.data.splits import kfold
 
     ratings = read_ratings(data, rating_scale=estimator.rating_scale, duplicates=estimator.duplicates)
     per_fold = []
@@ -571,7 +571,7 @@ def read_pairs(source: str | Path | pd.DataFrame, *, sep: str | None = None, hea
     line as a header when it names a user and an item column. Ids are kept as text (they are matched
     to the model's ids as readers does). Raises DataError naming the file for anything wrong.
     """
-    from glocalk.readers import COLUMN_ALIASES
+    from glocalk.data.readers import COLUMN_ALIASES
 
     label = "DataFrame" if isinstance(source, pd.DataFrame) else str(source)
     if isinstance(source, pd.DataFrame):
@@ -658,7 +658,7 @@ def example_ratings(n_users: int = 60, n_items: int = 80, density: float = 0.25,
     string ids (``u001``, ``m0001``) and distinct timestamps; the test part keeps only ratings whose
     user and item occur in the training part. Used by the README's own-data walk-through and the tests.
     """
-    from glocalk.synthetic import make_ratings
+    from glocalk.data.synthetic import make_ratings
 
     m = make_ratings(n_users, n_items, int(round(density * n_users * n_items)), rank=2, noise=0.2,
                      zipf_items=0.0, zipf_users=0.0, test_frac=test_frac, seed=seed)

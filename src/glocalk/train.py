@@ -23,11 +23,11 @@ import scipy.optimize
 import scipy.sparse as sp
 import torch
 
-from glocalk.checkpoint import CheckpointError, load_dir, save_dir
-from glocalk.data import RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 from glocalk.metrics import evaluate
 from glocalk.model import GLocalK, GLocalKConfig, TrainingInput, prepare_input
 from glocalk.sparse import SparsePattern
+from glocalk.store import CheckpointError, load_dir, save_dir
 
 
 class TrainingError(RuntimeError):

@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from glocalk.baselines import BASELINES, entries, make_baseline
-from glocalk.data import RatingMatrix
-from glocalk.experiment import device_description, ensemble_metrics, versions, write_json_atomic
+from glocalk.data.matrix import RatingMatrix
 from glocalk.presets import PRESETS, split_config
+from glocalk.protocol import device_description, ensemble_metrics, versions, write_json_atomic
 from glocalk.train import Trainer, TrainingError, summarise
 
 # Ablation switches of each GLocal-K family member, applied over the preset.

@@ -50,9 +50,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from glocalk.data import RatingMatrix
-from glocalk.experiment import versions, write_json_atomic
+from glocalk.data.matrix import RatingMatrix
 from glocalk.presets import PRESETS, split_config
+from glocalk.protocol import versions, write_json_atomic
 from glocalk.train import Trainer, TrainingError
 
 # name -> (kind, arguments): "log" (low, high), "float" (low, high), "int" (low, high), "categorical" (choices)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from glocalk.checkpoint import CheckpointError
-from glocalk.data import DataError
+from glocalk.data.matrix import DataError
+from glocalk.store import CheckpointError
 
 TEST_FRAC = {"random": 0.1, "user": 0.2, "time": 0.2}
 REPORT = "report.json"
@@ -137,11 +137,11 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from glocalk import splits
-    from glocalk.cli import _overrides, _progress
+    from glocalk.cli.app import _overrides, _progress
+    from glocalk.data import splits
+    from glocalk.data.readers import read_ratings
     from glocalk.estimator import GLocalKRecommender, cross_validate
-    from glocalk.experiment import versions, write_json_atomic
-    from glocalk.readers import read_ratings
+    from glocalk.protocol import versions, write_json_atomic
 
     out = Path(args.out)
     state = partial_dir(out)
@@ -257,8 +257,8 @@ def _load(model_dir: str):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from glocalk.experiment import write_json_atomic
-    from glocalk.readers import read_ratings
+    from glocalk.data.readers import read_ratings
+    from glocalk.protocol import write_json_atomic
 
     model = _load(args.model_dir)
     kw = _reader_kwargs(args)
@@ -309,7 +309,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add fit, evaluate, predict and recommend to the ``glocalk`` sub-command parser."""
-    from glocalk.cli import _add_training_options
+    from glocalk.cli.app import _add_training_options
     from glocalk.presets import PRESETS
 
     p = sub.add_parser(

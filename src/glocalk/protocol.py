@@ -16,7 +16,7 @@ import scipy
 import torch
 
 import glocalk
-from glocalk.data import RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 from glocalk.metrics import evaluate
 from glocalk.presets import split_config
 from glocalk.train import Trainer, TrainResult

@@ -74,7 +74,7 @@ class RatingMatrix:
             if m is not None and m.nnz and m.data.min() < 0:
                 raise DataError(
                     f"{self.name}: the {label} split holds negative ratings (min {m.data.min():g}); the matrix "
-                    "needs ratings > 0 because 0 means 'not rated' (read files with glocalk.readers, which "
+                    "needs ratings > 0 because 0 means 'not rated' (read files with glocalk.data.readers, which "
                     "shifts such scales)")
         if self.rating_scale is None:
             self.rating_scale = (float(self.train.data.min()), float(self.train.data.max()))

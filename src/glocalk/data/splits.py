@@ -1,4 +1,4 @@
-"""Seeded, deterministic train / test splits of :class:`glocalk.readers.Ratings`.
+"""Seeded, deterministic train / test splits of :class:`glocalk.data.readers.Ratings`.
 
 Every function returns ``(train, test)`` Ratings (``kfold`` yields them), with the parent's
 rating scale and offset and the rows in their original order; with ``return_indices=True``
@@ -9,7 +9,7 @@ Rounding: a fraction ``f`` of ``n`` ratings is ``floor(f * n + 0.5)`` (half up).
 
 Cold start: the splits do not try to keep every test user / item in the training part (a
 random holdout can move all ratings of a rare item to test). :func:`unseen_in_train` counts
-such ratings, and :func:`glocalk.readers.to_rating_matrix` raises for them or, with
+such ratings, and :func:`glocalk.data.readers.to_rating_matrix` raises for them or, with
 ``unknown="drop"``, drops them and records how many.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from glocalk.data import DataError
-from glocalk.readers import COLUMN_ALIASES, IdMap, Ratings
+from glocalk.data.matrix import DataError
+from glocalk.data.readers import COLUMN_ALIASES, IdMap, Ratings
 
 __all__ = [
     "kfold",

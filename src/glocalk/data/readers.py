@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from glocalk.data import DataError, RatingMatrix
+from glocalk.data.matrix import DataError, RatingMatrix
 
 __all__ = [
     "COLUMN_ALIASES",

@@ -1,6 +1,6 @@
 """``glocalk benchmark`` and ``glocalk tune``: argument parsing and printing only.
 
-The work happens in ``glocalk.benchmark`` (the model comparison harness) and ``glocalk.tune``
+The work happens in ``glocalk.compare.harness`` (the model comparison harness) and ``glocalk.compare.tune``
 (the Optuna search on a validation split).
 """
 
@@ -21,7 +21,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_hyperparameters(p: argparse.ArgumentParser, title: str) -> None:
-    from glocalk.cli import HYPERPARAMETERS
+    from glocalk.cli.app import HYPERPARAMETERS
 
     g = p.add_argument_group(title)
     for flag, key, typ, text in HYPERPARAMETERS:
@@ -41,7 +41,7 @@ def _add_execution(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    from glocalk.cli import HYPERPARAMETERS
+    from glocalk.cli.app import HYPERPARAMETERS
 
     out = {key: getattr(args, key) for _, key, _, _ in HYPERPARAMETERS if getattr(args, key) is not None}
     for key in ("path", "optimizer", "threads"):
@@ -58,8 +58,8 @@ def _fmt(x) -> str:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from glocalk.benchmark import run_benchmark
-    from glocalk.datasets import load_dataset
+    from glocalk.compare.harness import run_benchmark
+    from glocalk.data.datasets import load_dataset
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     overrides = _overrides(args)
@@ -108,9 +108,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from glocalk.cli import HYPERPARAMETERS
-    from glocalk.datasets import load_dataset
-    from glocalk.tune import SEARCH_SPACE, describe_space, tune
+    from glocalk.cli.app import HYPERPARAMETERS
+    from glocalk.compare.tune import SEARCH_SPACE, describe_space, tune
+    from glocalk.data.datasets import load_dataset
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     fixed = _overrides(args)
@@ -155,8 +155,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the ``benchmark`` and ``tune`` subcommands to the ``glocalk`` parser."""
-    from glocalk.benchmark import MODELS, QUICK_BASELINE_OPTIONS, QUICK_PARAMS
-    from glocalk.tune import DEFAULT_PATIENCE, SEARCH_SPACE, describe_space
+    from glocalk.compare.harness import MODELS, QUICK_BASELINE_OPTIONS, QUICK_PARAMS
+    from glocalk.compare.tune import DEFAULT_PATIENCE, SEARCH_SPACE, describe_space
 
     p = sub.add_parser(
         "benchmark", help="compare GLocal-K, its ablations and baselines on the same splits",

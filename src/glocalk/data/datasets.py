@@ -53,7 +53,7 @@ from types import MappingProxyType
 import numpy as np
 import scipy.sparse as sp
 
-from glocalk.data import DataError, RatingMatrix
+from glocalk.data.matrix import DataError, RatingMatrix
 
 __all__ = [
     "DATASETS",

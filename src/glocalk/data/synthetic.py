@@ -33,7 +33,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from glocalk.data import RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 
 __all__ = ["EXACT_MAX_CELLS", "make_ratings", "sample_cells", "true_scores"]
 
@@ -99,7 +99,7 @@ def true_scores(data: RatingMatrix, items: np.ndarray, users: np.ndarray) -> np.
     try:
         v, u = data.meta["item_factors"], data.meta["user_factors"]
     except KeyError:
-        raise ValueError(f"{data.name} was not made by glocalk.synthetic.make_ratings") from None
+        raise ValueError(f"{data.name} was not made by glocalk.data.synthetic.make_ratings") from None
     return _scores(v, u, np.asarray(items), np.asarray(users))
 
 

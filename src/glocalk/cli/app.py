@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from glocalk.checkpoint import CheckpointError
-from glocalk.data import DataError
+from glocalk.data.matrix import DataError
 from glocalk.presets import PRESETS, preset
+from glocalk.store import CheckpointError
 from glocalk.train import TrainingError
 
 # Hyperparameters every training command accepts as overrides: (flag, key, type, help).
@@ -113,8 +113,8 @@ def print_summary(summary: dict, out: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from glocalk.datasets import load_dataset, load_monti
-    from glocalk.experiment import run_experiment
+    from glocalk.data.datasets import load_dataset, load_monti
+    from glocalk.protocol import run_experiment
 
     if args.mat:
         data = load_monti(args.mat)
@@ -141,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from glocalk.report import epoch_table, load_summary, results_table
+    from glocalk.compare.report import epoch_table, load_summary, results_table
 
     if args.epochs:
         print(epoch_table(args.epochs, every=args.every), end="")
@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     # Own-data commands (fit/evaluate/predict/recommend) and the model comparison harness.
-    from glocalk import cli_benchmark, cli_fit
+    from glocalk.cli import compare as cli_benchmark
+    from glocalk.cli import fit as cli_fit
 
     cli_fit.register(sub)
     cli_benchmark.register(sub)

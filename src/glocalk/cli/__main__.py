@@ -1,0 +1,7 @@
+"""``python -m glocalk.cli``."""
+
+import sys
+
+from glocalk.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Comparing models honestly: the benchmark harness, hyperparameter search, reports and cross-validation."""

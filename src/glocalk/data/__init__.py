@@ -1,0 +1,5 @@
+"""Rating data: the matrix the model trains on, file readers, benchmark datasets, splits, synthetic data."""
+
+from glocalk.data.matrix import DataError, RatingMatrix
+
+__all__ = ["DataError", "RatingMatrix"]
