@@ -990,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     available = []
     if {"passes", "protocols"} & set(sections):
         from glocalk.data.datasets import find_dataset_dir
-        from glocalk.data.matrix import DataError
+        from glocalk.errors import DataError
 
         for name in datasets:
             try:

@@ -17,7 +17,7 @@ import pytest
 import scipy.sparse as sp
 
 from glocalk.data import datasets as ds
-from glocalk.data.matrix import DataError
+from glocalk.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GLOCALK_DATA") or REPO_ROOT.parent / "shared" / "data")

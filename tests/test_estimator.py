@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import read_ratings, to_rating_matrix
+from glocalk.errors import CheckpointError, DataError
 from glocalk.estimator import GLocalKRecommender, cross_validate, example_ratings, read_pairs
-from glocalk.store import CheckpointError
 
 # Tiny settings: the suite runs on 2 shared cores.
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)

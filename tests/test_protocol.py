@@ -116,7 +116,7 @@ def test_interrupted_multi_seed_run_keeps_finished_seeds(tmp_path):
 
 
 def test_device_description_names_the_threads_a_run_was_given():
-    from glocalk.protocol import device_description
+    from glocalk.store import device_description
 
     assert device_description("cpu", 1).endswith(", 1 torch threads)")
     assert device_description("cpu", 3).endswith(", 3 torch threads)")

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import IdMap, Ratings, build_matrix, read_ratings, to_rating_matrix
+from glocalk.errors import DataError
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glocalk.data.matrix import DataError
 from glocalk.data.readers import Ratings, read_ratings, to_rating_matrix
 from glocalk.data.splits import (
     kfold,
@@ -16,6 +15,7 @@ from glocalk.data.splits import (
     unseen_in_train,
     validation_split,
 )
+from glocalk.errors import DataError
 
 
 def make(n_users: int = 20, per_user: int = 10, seed: int = 1, timestamps: bool = True) -> Ratings:

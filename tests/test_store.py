@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from glocalk.store import FORMAT_VERSION, META, WEIGHTS, CheckpointError, load_dir, save_dir
+from glocalk.errors import CheckpointError
+from glocalk.store import FORMAT_VERSION, META, WEIGHTS, load_dir, save_dir
 
 
 def sample_tensors():

@@ -21,10 +21,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import CheckpointError, DataError, TrainingError
 from glocalk.model import GLocalKConfig
-from glocalk.store import CheckpointError, save_dir
-from glocalk.train import TrainConfig, Trainer, TrainingError, choose_path, lbfgs_epoch, summarise
+from glocalk.store import save_dir
+from glocalk.train import TrainConfig, Trainer, choose_path, lbfgs_epoch, summarise
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 

@@ -45,13 +45,14 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.baselines import entries, fit_biases
-from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.matrix import RatingMatrix
 from glocalk.data.matrix import _as_csr as _csr  # float32, explicit zeros removed, sorted
 from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
+from glocalk.errors import CheckpointError, DataError
 from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.model import GLocalK, prepare_input
 from glocalk.presets import MODEL_KEYS, preset, split_config
-from glocalk.store import CheckpointError, load_dir, save_dir
+from glocalk.store import load_dir, save_dir
 from glocalk.train import Trainer
 
 MODEL_KIND = "glocalk-model"
@@ -478,7 +479,7 @@ class GLocalKRecommender:
     def save(self, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
         """Write the fitted model as directory ``path`` (atomically; see the module docstring)."""
         self._check_fitted()
-        from glocalk.protocol import versions
+        from glocalk.store import versions
 
         tensors: dict[str, torch.Tensor] = {}
         for k, m in enumerate(self._members):

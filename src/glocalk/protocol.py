@@ -3,55 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import scipy
-import torch
 
-import glocalk
 from glocalk.data.matrix import RatingMatrix
 from glocalk.metrics import evaluate
 from glocalk.presets import split_config
+from glocalk.store import device_description, versions, write_json_atomic
 from glocalk.train import Trainer, TrainResult
 
 PROTOCOLS = ("best", "final", "val_selected")
 METRICS = ("rmse", "mae", "ndcg")
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on."""
-    return {"glocalk": glocalk.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "python": platform.python_version()}
-
-
-def device_description(device: str, threads: int | None = None) -> str:
-    """The device a run used, in words; ``threads``: the torch threads it was given (default: torch's now)."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"{threads or torch.get_num_threads()} torch threads)"
-
-
-def write_json_atomic(path: str | Path, obj: dict) -> None:
-    """Write JSON via a temporary file and rename, so a crash never leaves a truncated file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def aggregate(runs: list[dict]) -> dict:

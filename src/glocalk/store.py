@@ -1,4 +1,5 @@
-"""Model directories: tensors in safetensors (no code runs on load) plus plain JSON metadata.
+"""Files glocalk writes: atomic JSON, provenance (versions, device) and model directories:
+tensors in safetensors (no code runs on load) plus plain JSON metadata.
 
 A directory is written into a temporary sibling and renamed into place, so a crash
 mid-save leaves either the previous directory or the new one, never half of one.
@@ -8,21 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import scipy
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from glocalk.errors import CheckpointError
+from glocalk.version import __version__
+
 WEIGHTS = "weights.safetensors"
 META = "model.json"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A model directory is missing, corrupt, truncated or incompatible."""
 
 
 def save_dir(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict,
@@ -34,7 +37,7 @@ def save_dir(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict,
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
         with open(tmp / META, "w") as f:
-            json.dump({"format_version": FORMAT_VERSION, **meta}, f, indent=2, default=_json_default)
+            json.dump({"format_version": FORMAT_VERSION, **meta}, f, indent=2, default=json_default)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         for child in tmp.iterdir():
@@ -83,9 +86,39 @@ def load_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def _json_default(o):
+def json_default(o: object) -> object:
+    """The one JSON encoder of glocalk's files: arrays and NumPy scalars as lists/numbers, paths as text."""
     if hasattr(o, "tolist"):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
-    raise TypeError(f"cannot store {type(o).__name__} in model metadata")
+    raise TypeError(f"cannot store {type(o).__name__} in a JSON file")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    return {"glocalk": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "python": platform.python_version()}
+
+
+def device_description(device: str, threads: int | None = None) -> str:
+    """The device a run used, in words; ``threads``: the torch threads it was given (default: torch's now)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+           f"{threads or torch.get_num_threads()} torch threads)"
+
+
+def write_json_atomic(path: str | Path, obj: dict) -> None:
+    """Write JSON via a temporary file and rename, so a crash never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

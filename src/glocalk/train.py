@@ -24,14 +24,11 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import CheckpointError, TrainingError
 from glocalk.metrics import evaluate
 from glocalk.model import GLocalK, GLocalKConfig, TrainingInput, prepare_input
 from glocalk.sparse import SparsePattern
-from glocalk.store import CheckpointError, load_dir, save_dir
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, an unusable device, a mismatched resume)."""
+from glocalk.store import load_dir, save_dir
 
 
 @dataclass

@@ -7,10 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from glocalk.data.matrix import DataError
+from glocalk.errors import CheckpointError, DataError, TrainingError
 from glocalk.presets import PRESETS, preset
-from glocalk.store import CheckpointError
-from glocalk.train import TrainingError
 
 # Hyperparameters every training command accepts as overrides: (flag, key, type, help).
 HYPERPARAMETERS = [

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from glocalk.data.matrix import DataError
-from glocalk.store import CheckpointError
+from glocalk.errors import CheckpointError, DataError
 
 TEST_FRAC = {"random": 0.1, "user": 0.2, "time": 0.2}
 REPORT = "report.json"
@@ -141,7 +140,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from glocalk.data import splits
     from glocalk.data.readers import read_ratings
     from glocalk.estimator import GLocalKRecommender, cross_validate
-    from glocalk.protocol import versions, write_json_atomic
+    from glocalk.store import versions, write_json_atomic
 
     out = Path(args.out)
     state = partial_dir(out)
@@ -258,7 +257,7 @@ def _load(model_dir: str):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from glocalk.data.readers import read_ratings
-    from glocalk.protocol import write_json_atomic
+    from glocalk.store import write_json_atomic
 
     model = _load(args.model_dir)
     kw = _reader_kwargs(args)

@@ -45,9 +45,11 @@ import numpy as np
 
 from glocalk.baselines import BASELINES, entries, make_baseline
 from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import TrainingError
 from glocalk.presets import PRESETS, split_config
-from glocalk.protocol import device_description, ensemble_metrics, versions, write_json_atomic
-from glocalk.train import Trainer, TrainingError, summarise
+from glocalk.protocol import ensemble_metrics
+from glocalk.store import device_description, versions, write_json_atomic
+from glocalk.train import Trainer, summarise
 
 # Ablation switches of each GLocal-K family member, applied over the preset.
 GLOCALK_VARIANTS: dict[str, dict] = {

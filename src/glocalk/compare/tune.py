@@ -51,9 +51,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import TrainingError
 from glocalk.presets import PRESETS, split_config
-from glocalk.protocol import versions, write_json_atomic
-from glocalk.train import Trainer, TrainingError
+from glocalk.store import versions, write_json_atomic
+from glocalk.train import Trainer
 
 # name -> (kind, arguments): "log" (low, high), "float" (low, high), "int" (low, high), "categorical" (choices)
 SEARCH_SPACE: dict[str, tuple] = {

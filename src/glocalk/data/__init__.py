@@ -1,5 +1,6 @@
 """Rating data: the matrix the model trains on, file readers, benchmark datasets, splits, synthetic data."""
 
-from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import DataError
 
 __all__ = ["DataError", "RatingMatrix"]

@@ -53,7 +53,8 @@ from types import MappingProxyType
 import numpy as np
 import scipy.sparse as sp
 
-from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import DataError
 
 __all__ = [
     "DATASETS",

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.sparse as sp
 
-
-class DataError(ValueError):
-    """Raised for any problem with rating data: missing files, malformed lines, bad values."""
+from glocalk.errors import DataError
 
 
 def _as_csr(m: sp.spmatrix | np.ndarray, shape: tuple[int, int] | None = None) -> sp.csr_matrix:

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from glocalk.data.matrix import DataError, RatingMatrix
+from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import DataError
 
 __all__ = [
     "COLUMN_ALIASES",

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from glocalk.data.matrix import DataError
 from glocalk.data.readers import COLUMN_ALIASES, IdMap, Ratings
+from glocalk.errors import DataError
 
 __all__ = [
     "kfold",
