@@ -246,7 +246,7 @@ def test_duplicates_option(capsys, tmp_path):
     for policy, expected in (("last", 3.0), ("mean", 2.0)):
         out = tmp_path / policy
         assert run(capsys, "fit", path, "--duplicates", policy, *TINY, "--out", out)[0] == 0
-        assert GLocalKRecommender.load(out)._seen[0, 0] == expected
+        assert GLocalKRecommender.load(out).model_.seen[0, 0] == expected
 
 
 def test_misnamed_column_option(files, capsys, tmp_path):

@@ -16,8 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from glocalk.errors import CheckpointError
-from glocalk.store import FORMAT_VERSION, META, WEIGHTS, load_dir, save_dir
+from glocalk.errors import CheckpointError, OutputError
+from glocalk.store import (
+    FORMAT_VERSION,
+    META,
+    WEIGHTS,
+    load_dir,
+    remove_dir,
+    replace_dir,
+    save_dir,
+    write_atomic,
+    write_json_atomic,
+)
 
 
 def sample_tensors():
@@ -51,11 +61,56 @@ def test_round_trip(tmp_path):
 
 def test_save_replaces_existing_directory(tmp_path):
     save_dir(tmp_path / "m", {"a": torch.zeros(2)}, {"v": 1}, extra_files={"old.txt": "x"})
-    save_dir(tmp_path / "m", {"b": torch.ones(3)}, {"v": 2})
+    save_dir(tmp_path / "m", {"b": torch.ones(3)}, {"v": 2}, owned={"old.txt"})
     tensors, meta = load_dir(tmp_path / "m")
     assert set(tensors) == {"b"} and meta["v"] == 2
     assert not (tmp_path / "m" / "old.txt").exists(), "the new directory replaces the old one entirely"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no .old or temporary directory is left"
+
+
+def test_save_never_deletes_a_file_it_did_not_write(tmp_path):
+    # A model directory the user put a file into (here: the ratings being trained on).
+    save_dir(tmp_path / "m", {"a": torch.zeros(2)}, {"v": 1})
+    (tmp_path / "m" / "ratings.csv").write_text("user,item,rating\n")
+    with pytest.raises(OutputError, match=r"not a glocalk model directory.*ratings\.csv"):
+        save_dir(tmp_path / "m", {"b": torch.ones(3)}, {"v": 2})
+    assert (tmp_path / "m" / "ratings.csv").read_text() == "user,item,rating\n"
+    assert load_dir(tmp_path / "m")[1]["v"] == 1, "the refused save leaves the directory as it was"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    with pytest.raises(OutputError, match="ratings.csv"):
+        remove_dir(tmp_path / "m", {META, WEIGHTS})
+    assert (tmp_path / "m" / "ratings.csv").exists()
+    (tmp_path / "m" / "ratings.csv").unlink()
+    remove_dir(tmp_path / "m", {META, WEIGHTS})
+    assert not (tmp_path / "m").exists()
+
+
+def test_replace_dir_of_a_file_or_under_a_file(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(OutputError, match="not a directory"):
+        replace_dir(tmp_path / "f", lambda tmp: None, {"x"})
+    with pytest.raises(OutputError, match="cannot write"):
+        replace_dir(tmp_path / "f" / "sub", lambda tmp: None, {"x"})
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_write_atomic_file(tmp_path):
+    target = tmp_path / "out" / "r.json"
+    write_json_atomic(target, {"a": np.arange(2), "p": Path("/x")})
+    assert json.loads(target.read_text()) == {"a": [0, 1], "p": "/x"}
+
+    def crash(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, crash)
+    assert json.loads(target.read_text()) == {"a": [0, 1], "p": "/x"}, "a failed write keeps the old file"
+    assert [p.name for p in target.parent.iterdir()] == ["r.json"], "no temporary file is left"
+    with pytest.raises(OutputError, match="is a directory"):
+        write_json_atomic(tmp_path / "out", {})
+    with pytest.raises(OutputError, match="cannot write"):
+        write_json_atomic(target / "under-a-file.json", {})
 
 
 def test_failed_save_leaves_previous_directory(tmp_path):

@@ -10,32 +10,35 @@
     model.recommend("alice", k=10)                 # DataFrame: item, score, rank
     model.save("my-model")                         # a directory; GLocalKRecommender.load("my-model")
 
-Serving. After ``fit`` (or ``load``) the chosen weights -- the validation-selected epoch when
-``val_frac`` is set, else the last epoch -- are reduced once to the last hidden layer
-H (n_items, n_hid) of the training matrix and the output layer's effective weights
-W * K (n_hid, n_users) and bias b (n_users). A prediction is then H[i] . (W*K)[:, u] + b[u],
-clipped to the rating scale, and a user's recommendations are one matrix-vector product over
-all items. With several seeds (an ensemble) the members' unclipped predictions are averaged.
+A shell around a scoring core, as Surprise's ``AlgoBase.predict`` is around each algorithm's
+``estimate``. The shell (``GLocalKRecommender``) maps raw ids to indices, applies the unknown-id
+policy, clips to the rating scale and shifts back to the user's units. The core (``Scorer``)
+works on integer indices in the matrices' units: after ``fit`` (or ``load``) the chosen weights --
+the validation-selected epoch when ``val_frac`` is set, else the last epoch -- are reduced once
+to the last hidden layer H (n_items, n_hid) of the training matrix and the output layer's
+effective weights W * K (n_hid, n_users) and bias b (n_users). A score is then
+H[i] . (W*K)[:, u] + b[u], and a user's recommendations are one matrix-vector product over all
+items. With several seeds (an ensemble) the members' unclipped scores are averaged. A NaN or
+infinite score is an error naming the model, never a skipped pair.
 
 Unknown ids. ``unknown="error"`` (default) raises DataError naming the id; ``"baseline"``
 answers with a regularised bias model fitted on the training ratings
 (mu + b_item + b_user; mu + b_item for an unknown user, mu + b_user for an unknown item, mu
 when both are unknown); a recommendation for an unknown user is then the item-bias order.
 
-Model directory (``save``; written atomically by ``checkpoint.save_dir``): ``weights.safetensors``
-holds each member's weights (``member{k}.{name}``), the training matrix the model reads
-(``input.indptr/indices/data``) and the validation ratings held out of it (``val.*``), so the
-model is complete without the original file; ``model.json`` holds the hyperparameters, the raw
-id maps (with their type), the rating scale and offset, the library versions, the training
-data's fingerprint, the members' selected epochs and the metrics. Loading never runs code.
+Rating scale. Predictions are clipped to ``rating_scale`` if given, else to the training
+ratings' min..max. Test ratings must lie in a given scale; with a derived one they are taken
+as they are (a test rating beyond the training range is scored against the clipped prediction).
+Metrics are computed in the user's units.
+
+The model directory format is ``glocalk.model_dir``'s.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +49,15 @@ import torch
 
 from glocalk.baselines import entries, fit_biases
 from glocalk.data.matrix import RatingMatrix
-from glocalk.data.matrix import _as_csr as _csr  # float32, explicit zeros removed, sorted
 from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
-from glocalk.errors import CheckpointError, DataError
+from glocalk.errors import CheckpointError, DataError, TrainingError
 from glocalk.metrics import evaluate as evaluate_metrics
-from glocalk.model import GLocalK, prepare_input
+from glocalk.model import GLocalK, GLocalKConfig, prepare_input
+from glocalk.model_dir import Member, SavedModel, fingerprint, load_model, save_model
 from glocalk.presets import MODEL_KEYS, preset, split_config
 from glocalk.store import load_dir, save_dir
-from glocalk.train import Trainer
+from glocalk.train import Trainer, choose_path
 
-MODEL_KIND = "glocalk-model"
 UNKNOWN_POLICIES = ("error", "baseline")
 DUPLICATE_POLICIES = ("error", "last", "first", "mean")
 # Hyperparameters accepted as keywords besides the explicit constructor arguments.
@@ -63,23 +65,11 @@ HYPERPARAMETER_KEYS = tuple(MODEL_KEYS) + ("epoch_p", "epoch_f", "iter_p", "iter
 # The unknown-id fallback: baselines.Biases without a validation split (its default_reg, sweeps).
 BASELINE_REG = 10.0
 BASELINE_SWEEPS = 15
-_CHUNK = 65536  # pairs per block in predict, bounding memory at _CHUNK * n_hid floats
+_CHUNK = 65536  # pairs per block in Scorer.scores, bounding memory at _CHUNK * n_hid floats
 
 OnEpoch = Callable[[int, dict], None]
-
-
-@dataclass
-class _Member:
-    """One trained model of the ensemble, reduced for serving."""
-
-    seed: int
-    stage: int
-    epoch: int
-    state: dict[str, torch.Tensor]
-    history: list[dict] = field(default_factory=list)
-    h: np.ndarray | None = None  # (n_items, n_hid) last hidden layer of the training matrix
-    w: np.ndarray | None = None  # (n_hid, n_users) output layer's W * K
-    b: np.ndarray | None = None  # (n_users,) output bias
+_Member = Member  # what _train_member returns
+_fingerprint = fingerprint
 
 
 @dataclass
@@ -92,8 +82,65 @@ class _Prepared:
     rating_scale: tuple[float, float]  # internal scale
     offset: float
     val: sp.csr_matrix | None = None
-    test: pd.DataFrame | None = None  # user, item, rating (raw ids, internal scale)
+    test: pd.DataFrame | None = None  # user, item, rating (raw ids, the user's units)
     name: str = "ratings"
+
+
+# -- the scoring core ------------------------------------------------------------------------
+
+
+class Scorer:
+    """Unclipped scores of a trained model at (item index, user index) pairs, in the matrices' units.
+
+    Built once from a ``model_dir.SavedModel``: each member becomes (H, W*K, b) on the CPU (so
+    save -> load scores identically), and a regularised bias model of all training ratings is
+    the fallback for unknown ids (``baseline``; index -1 marks an unknown id there).
+    """
+
+    def __init__(self, model: SavedModel) -> None:
+        config = model.model_config()
+        self.path = model.path or choose_path(model.input.shape, model.input.nnz,
+                                              model.hyperparameters.get("path", "auto"))
+        data = prepare_input(model.input, self.path == "sparse", config.gk_size, "cpu")
+        self.factors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for m in model.members:
+            net = _model_with(m.state, model.input.shape, config)
+            h, weights = net.hidden_representation(data, m.stage)
+            w, b = weights[-1]
+            self.factors.append((h.numpy(), w.detach().numpy(), b.detach().numpy()))
+        seen = model.seen
+        items, users, ratings = entries(seen)
+        self.mu, self.b_item, self.b_user = fit_biases(items, users, ratings, *seen.shape,
+                                                       BASELINE_REG, BASELINE_REG, BASELINE_SWEEPS)
+
+    def scores(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """The members' mean score at each (item, user) index pair: (n_pairs,)."""
+        out = np.zeros(len(items), dtype=np.float64)
+        for start in range(0, len(items), _CHUNK):
+            i, u = items[start: start + _CHUNK], users[start: start + _CHUNK]
+            for h, w, b in self.factors:
+                out[start: start + len(i)] += np.einsum("nh,hn->n", h[i], w[:, u]) + b[u]
+        return out / len(self.factors)
+
+    def user_scores(self, u: int) -> np.ndarray:
+        """The members' mean score of every item for user index ``u``: (n_items,)."""
+        return np.mean([h @ w[:, u] + b[u] for h, w, b in self.factors], axis=0, dtype=np.float64)
+
+    def baseline(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """mu + b_item + b_user, leaving out the bias of an unknown (-1) index."""
+        return (self.mu + np.where(items >= 0, self.b_item[np.maximum(items, 0)], 0.0)
+                + np.where(users >= 0, self.b_user[np.maximum(users, 0)], 0.0))
+
+
+def _model_with(state: dict[str, torch.Tensor], shape: tuple[int, int], config: GLocalKConfig) -> GLocalK:
+    """A CPU GLocal-K holding ``state``; leaves torch's RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        model = GLocalK(shape[0], shape[1], config)
+    model.load_state_dict(state)
+    return model
+
+
+# -- the shell -------------------------------------------------------------------------------
 
 
 class GLocalKRecommender:
@@ -107,7 +154,8 @@ class GLocalKRecommender:
         val_frac: hold out this seeded fraction of the training ratings to choose the epoch
             (the fine-tuning epoch with the lowest validation RMSE); None: use the last epoch.
         patience: stop fine-tuning after this many epochs without a better validation RMSE.
-        rating_scale: (min, max) of the ratings in the data's own scale; default: the observed range.
+        rating_scale: (min, max) of the ratings in the data's own scale; default: the observed
+            range of the training ratings.
         duplicates: a repeated (user, item) pair is an "error", or keep the "last", the "first" or the "mean".
         unknown: an id not seen in training is an "error" at predict/recommend time, or gets the
             "baseline" (bias model) prediction.
@@ -117,8 +165,11 @@ class GLocalKRecommender:
             iter_p, iter_f; unset ones take the preset's value.
 
     Attributes set by ``fit`` / ``load``: ``user_ids_``, ``item_ids_`` (raw ids, index order),
-    ``rating_scale_`` (in the data's scale), ``members_`` (seed, stage, epoch per model),
-    ``history_`` (per-member epoch records), ``metrics_`` (test metrics, when a test set was given).
+    ``rating_scale_`` (the clip range, in the data's scale), ``offset_``, ``members_`` (seed,
+    stage, epoch per model), ``history_`` (per-member epoch records), ``metrics_`` (test
+    metrics, when a test set was given), ``fingerprint_`` (of the training ratings),
+    ``model_`` (the trained model as a ``model_dir.SavedModel``: matrices, ids, members' weights),
+    ``scorer_`` (the scoring core).
     """
 
     def __init__(self, preset: str = "ml-100k", *, seed: int | Sequence[int] = 1, n_ensemble: int | None = None,
@@ -144,6 +195,7 @@ class GLocalKRecommender:
         self.hyperparameters = dict(hyperparameters)
         self._check_params()
         self._fitted = False
+        self._source: Path | None = None  # the model directory this was loaded from
 
     # -- scikit-learn conventions ----------------------------------------------------------
 
@@ -219,6 +271,7 @@ class GLocalKRecommender:
             data: a pandas DataFrame (columns user, item, rating[, timestamp]), a path to a ratings
                 file, a ``readers.Ratings`` or a ``RatingMatrix`` (whose ``val`` split, if any, is used
                 for epoch selection instead of ``val_frac``, and whose ``test`` split is evaluated).
+                The clip range is ``rating_scale``, else the min..max of these ratings.
             test: held-out ratings in any of the same forms (not a RatingMatrix); never used in training.
             on_epoch: called as ``on_epoch(seed, record)`` after every epoch of every member.
             checkpoint_dir: keep each member's training state here after every epoch
@@ -234,14 +287,12 @@ class GLocalKRecommender:
         if prep.val is not None:
             fit_data = RatingMatrix(prep.train, val=prep.val, item_ids=prep.item_ids, user_ids=prep.user_ids,
                                     rating_scale=prep.rating_scale, name=prep.name)
-            seen = prep.train + prep.val
         elif self.val_frac:
             # One validation split, drawn with the first seed, shared by all members so that
             # they read the same input matrix at serving time.
             fit_data = full.with_validation(self.val_frac, seed=self.seeds()[0])
-            seen = prep.train
         else:
-            fit_data, seen = full, prep.train
+            fit_data = full
         if self.patience is not None and fit_data.val is None:
             raise ValueError("patience needs a validation split (val_frac)")
         members = []
@@ -249,51 +300,33 @@ class GLocalKRecommender:
             member_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"seed-{seed}"
             callback = None if on_epoch is None else (lambda rec, seed=seed: on_epoch(seed, rec))
             members.append(_train_member(fit_data, params, seed, callback, member_dir, resume))
-        self._install(fit_data.train, fit_data.val, _csr(seen), prep, members, params,
-                      path=members[0].history[-1].get("path") if members[0].history else None)
+        val = fit_data.val if fit_data.val is not None and fit_data.val.nnz else None
+        self._install(SavedModel(
+            input=fit_data.train, val=val, item_ids=prep.item_ids, user_ids=prep.user_ids,
+            rating_scale=prep.rating_scale, offset=prep.offset, hyperparameters=params, members=members,
+            path=members[0].history[-1].get("path") if members[0].history else None))
+        self._source = None
         self.metrics_ = None
         if prep.test is not None:
-            self.metrics_ = self.evaluate(prep.test, unknown="skip", _internal=True)
+            self.metrics_ = self._evaluate(prep.test, "skip")
         return self
 
-    def _install(self, input_m: sp.csr_matrix, val: sp.csr_matrix | None, seen: sp.csr_matrix, prep: _Prepared,
-                 members: list[_Member], params: dict, path: str | None = None) -> None:
-        """Set the fitted attributes and the serving caches."""
-        self._input = _csr(input_m)
-        self._val = None if val is None or val.nnz == 0 else _csr(val)
-        self._seen = seen
+    def _install(self, model: SavedModel) -> None:
+        """Set the fitted attributes and build the scoring core."""
+        self.scorer_ = Scorer(model)
+        self.model_ = replace(model, path=self.scorer_.path)
+        seen = model.seen
         self._seen_t = seen.T.tocsr()  # (n_users, n_items): each user's rated items
-        self.fingerprint_ = _fingerprint(seen)
-        self.item_ids_ = np.asarray(prep.item_ids)
-        self.user_ids_ = np.asarray(prep.user_ids)
-        self._internal_scale = tuple(float(x) for x in prep.rating_scale)
-        self.offset_ = float(prep.offset)
-        self.rating_scale_ = (self._internal_scale[0] - self.offset_, self._internal_scale[1] - self.offset_)
-        self._params = params
-        self._model_config, _ = split_config({k: v for k, v in params.items() if k != "seed"})
-        self._path = path or _serving_path(self._input, params.get("path", "auto"))
+        self.fingerprint_ = fingerprint(seen)
+        self.item_ids_ = np.asarray(model.item_ids)
+        self.user_ids_ = np.asarray(model.user_ids)
+        self._clip = tuple(float(x) for x in model.rating_scale)  # internal units
+        self.offset_ = float(model.offset)
+        self.rating_scale_ = (self._clip[0] - self.offset_, self._clip[1] - self.offset_)
         self._ids = IdMap(user_ids=self.user_ids_, item_ids=self.item_ids_)
-        self._members = members
-        self.members_ = [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in members]
-        self.history_ = {m.seed: m.history for m in members}
-        self._serve()
-        self._fit_baseline()
+        self.members_ = [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in model.members]
+        self.history_ = {m.seed: m.history for m in model.members}
         self._fitted = True
-
-    def _serve(self) -> None:
-        """Reduce every member to (H, W*K, b) on the CPU (so save -> load predicts identically)."""
-        data = prepare_input(self._input, self._path == "sparse", self._model_config.gk_size, "cpu")
-        for m in self._members:
-            model = _model_with(m.state, self._input.shape, self._model_config)
-            h, weights = model.hidden_representation(data, m.stage)
-            w, b = weights[-1]
-            m.h, m.w, m.b = h.numpy(), w.detach().numpy(), b.detach().numpy()
-
-    def _fit_baseline(self) -> None:
-        """Regularised biases on all training ratings (internal scale): the fallback for unknown ids."""
-        items, users, ratings = entries(self._seen)
-        self._mu, self._b_item, self._b_user = fit_biases(items, users, ratings, *self._seen.shape,
-                                                          BASELINE_REG, BASELINE_REG, BASELINE_SWEEPS)
 
     # -- prediction -----------------------------------------------------------------------
 
@@ -301,22 +334,11 @@ class GLocalKRecommender:
         if not getattr(self, "_fitted", False):
             raise RuntimeError("this GLocalKRecommender is not fitted yet: call fit() or load() first")
 
-    def _scores(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
-        """Unclipped mean prediction of the members at (item index, user index) pairs, internal scale."""
-        out = np.zeros(len(items), dtype=np.float64)
-        for start in range(0, len(items), _CHUNK):
-            i, u = items[start: start + _CHUNK], users[start: start + _CHUNK]
-            for m in self._members:
-                out[start: start + len(i)] += np.einsum("nh,hn->n", m.h[i], m.w[:, u]) + m.b[u]
-        return out / len(self._members)
-
-    def _user_scores(self, u: int) -> np.ndarray:
-        """Unclipped mean prediction of every item for user index ``u``: (n_items,)."""
-        return np.mean([m.h @ m.w[:, u] + m.b[u] for m in self._members], axis=0, dtype=np.float64)
-
-    def _lookup(self, ids: np.ndarray, kind: str) -> np.ndarray:
-        """Indices of raw ids, -1 where unknown (canonical integer text matches integer ids, as in readers)."""
-        return self._ids.lookup(np.asarray(ids), kind)
+    def _policy(self, unknown: str | None) -> str:
+        policy = self.unknown if unknown is None else unknown
+        if policy not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {policy!r}")
+        return policy
 
     def predict(self, users: Any, items: Any = None, *, unknown: str | None = None) -> np.ndarray | float:
         """Predicted ratings, in the data's own scale and clipped to it, for (user, item) pairs of raw ids.
@@ -326,9 +348,7 @@ class GLocalKRecommender:
         ``unknown`` overrides the estimator's policy for ids not seen in training ("error" or "baseline").
         """
         self._check_fitted()
-        policy = self.unknown if unknown is None else unknown
-        if policy not in UNKNOWN_POLICIES:
-            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {policy!r}")
+        policy = self._policy(unknown)
         if isinstance(users, pd.DataFrame) and items is None:
             missing = [c for c in ("user", "item") if c not in users.columns]
             if missing:
@@ -341,28 +361,32 @@ class GLocalKRecommender:
         users_a, items_a = np.atleast_1d(np.asarray(users)), np.atleast_1d(np.asarray(items))
         if users_a.shape != items_a.shape or users_a.ndim != 1:
             raise DataError(f"predict: users and items differ in length ({users_a.size} vs {items_a.size})")
-        pred = self._predict_internal(users_a, items_a, policy) - self.offset_
+        pred = self._predict_raw(users_a, items_a, policy)
         return float(pred[0]) if scalar else pred
 
-    def _predict_internal(self, users: np.ndarray, items: np.ndarray, policy: str) -> np.ndarray:
-        """Clipped predictions in the internal scale; unknown ids by ``policy`` (error/baseline/nan)."""
-        u = self._lookup(users, "user")
-        i = self._lookup(items, "item")
-        bad_u, bad_i = u < 0, i < 0
-        if policy == "error" and (bad_u.any() or bad_i.any()):
-            raise DataError(_unknown_message(users, items, bad_u, bad_i))
-        known = ~(bad_u | bad_i)
+    def _predict_raw(self, users: np.ndarray, items: np.ndarray, policy: str) -> np.ndarray:
+        """Clipped predictions in the user's units; unknown ids by ``policy`` ("error" or "baseline")."""
+        u = self._ids.lookup(np.asarray(users), "user")
+        i = self._ids.lookup(np.asarray(items), "item")
+        known = (u >= 0) & (i >= 0)
+        if policy == "error" and not known.all():
+            raise DataError(_unknown_message(users, items, u < 0, i < 0))
         out = np.empty(len(users), dtype=np.float64)
-        out[known] = self._scores(i[known], u[known])
-        if not known.all():
-            if policy == "baseline":
-                mu = np.full((~known).sum(), self._mu)
-                ui, ii = u[~known], i[~known]
-                out[~known] = (mu + np.where(ii >= 0, self._b_item[np.maximum(ii, 0)], 0.0)
-                               + np.where(ui >= 0, self._b_user[np.maximum(ui, 0)], 0.0))
-            else:  # "nan": the caller skips these pairs
-                out[~known] = np.nan
-        return np.clip(out, *self._internal_scale)
+        out[known] = self._finite(self.scorer_.scores(i[known], u[known]), users[known], items[known])
+        out[~known] = self.scorer_.baseline(i[~known], u[~known])
+        return np.clip(out, *self._clip) - self.offset_
+
+    def _finite(self, scores: np.ndarray, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``scores``, or an error naming the model when any is NaN or infinite (never a skipped pair)."""
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            k = int(np.argmax(bad))
+            what = f"the model in {self._source}" if self._source is not None else "the fitted model"
+            error = CheckpointError if self._source is not None else TrainingError
+            raise error(f"{what} gives NaN or infinite predictions for {int(bad.sum())} of {len(scores)} "
+                        f"(user, item) pairs (first: user {users[k]!r}, item {items[k]!r}); its weights are "
+                        "corrupt or diverged: train it again")
+        return scores
 
     def recommend(self, user: Any, k: int = 10, exclude_seen: bool = True, *,
                   unknown: str | None = None) -> pd.DataFrame:
@@ -374,25 +398,23 @@ class GLocalKRecommender:
         the user rated in the training data (including ratings held out for validation).
         """
         self._check_fitted()
-        policy = self.unknown if unknown is None else unknown
-        if policy not in UNKNOWN_POLICIES:
-            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {policy!r}")
+        policy = self._policy(unknown)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        u = int(self._lookup(np.array([user]), "user")[0])
+        u = int(self._ids.lookup(np.array([user]), "user")[0])
+        seen = np.zeros(len(self.item_ids_), dtype=bool)
         if u < 0:
             if policy == "error":
                 raise DataError(f"unknown user {user!r}: not in the training data "
                                 "(use unknown='baseline' to recommend by item popularity)")
-            raw = self._mu + self._b_item
-            seen = np.zeros(len(raw), dtype=bool)
+            raw = self.scorer_.mu + self.scorer_.b_item
         else:
-            raw = self._user_scores(u)
-            seen = np.zeros(len(raw), dtype=bool)
+            users = np.broadcast_to(np.array(user, dtype=object), seen.shape)
+            raw = self._finite(self.scorer_.user_scores(u), users, self.item_ids_)
             if exclude_seen:
                 seen[self._seen_t.indices[self._seen_t.indptr[u]: self._seen_t.indptr[u + 1]]] = True
         candidates = np.flatnonzero(~seen)
-        clipped = np.clip(raw, *self._internal_scale)
+        clipped = np.clip(raw, *self._clip)
         # lexsort: last key primary -> descending clipped rating, then descending raw score, then item index.
         order = candidates[np.lexsort((candidates, -raw[candidates], -clipped[candidates]))][:k]
         return pd.DataFrame({"item": self.item_ids_[order], "score": clipped[order] - self.offset_,
@@ -410,31 +432,34 @@ class GLocalKRecommender:
             return pd.DataFrame(columns=["user", "item", "score", "rank"])
         return pd.concat(frames, ignore_index=True)
 
-    def evaluate(self, test: Any, *, unknown: str = "skip", _internal: bool = False) -> dict:
-        """RMSE, MAE and NDCG (SPEC.md's definitions) of the clipped predictions on ``test``.
+    def evaluate(self, test: Any, *, unknown: str = "skip", **read_options: Any) -> dict:
+        """RMSE, MAE and NDCG (SPEC.md's definitions) of the clipped predictions on ``test``, in the data's units.
 
-        ``test``: a DataFrame (user, item, rating), a path or a ``readers.Ratings``, in the data's scale
-        (a rating outside the model's rating scale is an error).
-        Pairs with an id unknown to the model are skipped (``unknown="skip"``, counted in
-        ``n_skipped``), predicted by the baseline (``"baseline"``) or an error (``"error"``).
+        ``test``: a DataFrame (user, item, rating), a path or a ``readers.Ratings``; ``read_options``
+        go to ``readers.read_ratings`` (sep, header, columns, encoding). With a given
+        ``rating_scale`` a test rating outside it is an error. Pairs with an id unknown to the
+        model are skipped (``unknown="skip"``, counted in ``n_skipped``), predicted by the
+        baseline (``"baseline"``) or an error (``"error"``). A NaN prediction is an error.
         """
         self._check_fitted()
         if unknown not in ("skip", *UNKNOWN_POLICIES):
             raise ValueError(f"unknown must be 'skip', 'error' or 'baseline', got {unknown!r}")
-        df = test if _internal else self._read_test(test, self.rating_scale_, self.offset_)
+        return self._evaluate(self._read_test(test, **read_options), unknown)
+
+    def _evaluate(self, df: pd.DataFrame, unknown: str) -> dict:
         users, items = df["user"].to_numpy(), df["item"].to_numpy()
         truth = df["rating"].to_numpy(dtype=np.float64)
-        pred = self._predict_internal(users, items, "nan" if unknown == "skip" else unknown)
-        keep = ~np.isnan(pred)
+        u = self._ids.lookup(users, "user")
+        i = self._ids.lookup(items, "item")
+        keep = ((u >= 0) & (i >= 0)) if unknown == "skip" else np.ones(len(df), dtype=bool)
         if not keep.any():
             raise DataError(f"evaluate: none of the {len(df)} test ratings has a user and an item "
                             "known to the model")
-        u = self._lookup(users, "user")
-        i = self._lookup(items, "item")
+        pred = self._predict_raw(users[keep], items[keep], "baseline" if unknown == "skip" else unknown)
         # Unknown ids get distinct negative codes so NDCG still groups by user.
         u_codes = np.where(u >= 0, u, -1 - pd.factorize(users)[0])
         i_codes = np.where(i >= 0, i, -1 - pd.factorize(items)[0])
-        out = evaluate_metrics(pred[keep], truth[keep], u_codes[keep], i_codes[keep], self._internal_scale)
+        out = evaluate_metrics(pred, truth[keep], u_codes[keep], i_codes[keep], self.rating_scale_)
         out.update(n_rated=int(keep.sum()), n_skipped=int((~keep).sum()))
         return out
 
@@ -450,7 +475,7 @@ class GLocalKRecommender:
         prep = _Prepared(train=rm.train, item_ids=rm.item_ids, user_ids=rm.user_ids,
                          rating_scale=tuple(rm.rating_scale), offset=float(rm.meta["offset"]), name=rm.name)
         if test is not None:
-            prep.test = self._read_test(test, ratings.rating_scale, ratings.offset)
+            prep.test = self._read_test(test)
         return prep
 
     def _prepare_matrix(self, data: RatingMatrix, test: Any) -> _Prepared:
@@ -462,64 +487,47 @@ class GLocalKRecommender:
         if data.test is not None and data.test.nnz:
             coo = data.test.tocoo()
             prep.test = pd.DataFrame({"user": prep.user_ids[coo.col], "item": prep.item_ids[coo.row],
-                                      "rating": coo.data.astype(np.float64)})
+                                      "rating": coo.data.astype(np.float64) - offset})
         elif test is not None:
-            lo, hi = prep.rating_scale
-            prep.test = self._read_test(test, (lo - offset, hi - offset), offset)
+            prep.test = self._read_test(test)
         return prep
 
-    def _read_test(self, test: Any, scale: tuple[float, float], offset: float) -> pd.DataFrame:
-        """Test ratings (in the model's scale, else an error naming the line) as user, item, internal rating."""
-        r = read_ratings(test, rating_scale=scale, duplicates=self.duplicates, offset=offset)
+    def _read_test(self, test: Any, **read_options: Any) -> pd.DataFrame:
+        """Test ratings as user, item, rating (the user's units); outside a given ``rating_scale``: an error."""
+        options = {"duplicates": self.duplicates, **read_options}
+        r = read_ratings(test, rating_scale=self.rating_scale, **options)
         return pd.DataFrame({"user": r.df["user"].to_numpy(), "item": r.df["item"].to_numpy(),
-                             "rating": r.df["rating"].to_numpy(dtype=np.float64) + offset})
+                             "rating": r.df["rating"].to_numpy(dtype=np.float64)})
 
     # -- persistence ----------------------------------------------------------------------
 
-    def save(self, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-        """Write the fitted model as directory ``path`` (atomically; see the module docstring)."""
-        self._check_fitted()
-        from glocalk.store import versions
+    def save(self, path: str | Path, extra_files: dict[str, str] | None = None,
+             owned: tuple[str, ...] = ()) -> Path:
+        """Write the fitted model as directory ``path``, atomically (format: ``glocalk.model_dir``).
 
-        tensors: dict[str, torch.Tensor] = {}
-        for k, m in enumerate(self._members):
-            tensors.update({f"member{k}.{name}": t for name, t in m.state.items()})
-        tensors.update(_csr_tensors("input", self._input))
-        if self._val is not None:
-            tensors.update(_csr_tensors("val", self._val))
-        meta = {
-            "kind": MODEL_KIND,
-            "hyperparameters": self._params,
-            "estimator": self.get_params(),
-            "n_items": int(self._input.shape[0]), "n_users": int(self._input.shape[1]),
-            "item_ids": _ids_to_json(self.item_ids_), "user_ids": _ids_to_json(self.user_ids_),
-            "item_id_type": _id_type(self.item_ids_), "user_id_type": _id_type(self.user_ids_),
-            "rating_scale": list(self._internal_scale), "offset": self.offset_,
-            "path": self._path,
-            "members": [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in self._members],
-            "history": {str(m.seed): m.history for m in self._members},
-            "fingerprint": _fingerprint(self._seen),
-            "input_fingerprint": _fingerprint(self._input),
-            "metrics": self.metrics_,
-            "versions": versions(),
-        }
-        return save_dir(path, tensors, meta, extra_files)
+        An existing ``path`` is replaced only when it holds nothing but a model's files (and
+        ``extra_files`` / ``owned`` names); else OutputError and nothing is touched.
+        """
+        self._check_fitted()
+        model = replace(self.model_, estimator=self.get_params(), metrics=self.metrics_)
+        return save_model(path, model, extra_files, owned)
 
     @classmethod
     def load(cls, path: str | Path) -> GLocalKRecommender:
         """Read a model directory written by ``save``; CheckpointError names the file and the problem."""
         path = Path(path)
-        tensors, meta = load_dir(path)
-        where = path / "model.json"
-        if meta.get("kind") != MODEL_KIND:
-            raise CheckpointError(f"{where}: not a glocalk model (kind={meta.get('kind')!r}, expected {MODEL_KIND!r})")
+        model = load_model(path)
+        # The constructor arguments as given (the model itself is built from "hyperparameters").
+        params = dict(model.estimator)
+        if isinstance(params.get("rating_scale"), list):
+            params["rating_scale"] = tuple(params["rating_scale"])
         try:
-            est = _restore(cls, path, tensors, meta)
-        except CheckpointError:
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            detail = f"missing entry {e}" if isinstance(e, KeyError) else str(e)
-            raise CheckpointError(f"{path} is incompatible or corrupt: {detail}") from e
+            est = cls(**params)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path / 'model.json'}: invalid estimator arguments: {e}") from e
+        est._install(model)
+        est.metrics_ = model.metrics
+        est._source = path
         return est
 
 
@@ -530,36 +538,7 @@ _DEFAULTS = {"preset": "ml-100k", "seed": 1, "n_ensemble": None, "val_frac": Non
              "optimizer": "scipy", "threads": None}
 
 
-# -- cross-validation, pair files and example data -------------------------------------------
-
-
-def cross_validate(estimator: GLocalKRecommender, data: Any, folds: int = 5, seed: int = 0, *,
-                   on_epoch: Callable[[int, int, dict], None] | None = None,
-                   checkpoint_dir: str | Path | None = None, resume: bool = False) -> dict:
-    """k-fold cross-validation: fit a clone of ``estimator`` per fold, return per-fold and mean ± std metrics.
-
-    ``data`` is anything ``fit`` reads except a RatingMatrix. Folds are ``splits.kfold(ratings, folds,
-    seed)``; a fold's test ratings whose user or item is absent from its training part are skipped
-    (``n_skipped``). ``on_epoch(fold, seed, record)``; ``checkpoint_dir/fold-K`` keeps each fold's
-    training state for ``resume``. Returns ``{"folds", "seed", "per_fold": [...], "mean": {...},
-    "std": {...}}`` (std with ddof=1 over the folds; NaN NDCGs are left out of its mean and std).
-    """
-    from glocalk.data.splits import kfold
-
-    ratings = read_ratings(data, rating_scale=estimator.rating_scale, duplicates=estimator.duplicates)
-    per_fold = []
-    for k, (train, test) in enumerate(kfold(ratings, folds, seed), start=1):
-        callback = None if on_epoch is None else (lambda s, rec, k=k: on_epoch(k, s, rec))
-        fold_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"fold-{k}"
-        model = estimator.clone().fit(train, test=test, on_epoch=callback, checkpoint_dir=fold_dir, resume=resume)
-        per_fold.append({"fold": k, "n_train": len(train), "n_test": len(test), **model.metrics_})
-    out: dict = {"folds": folds, "seed": seed, "per_fold": per_fold, "mean": {}, "std": {}}
-    for key in ("rmse", "mae", "ndcg"):
-        v = np.array([f[key] for f in per_fold], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        out["mean"][key] = float(v.mean()) if len(v) else float("nan")
-        out["std"][key] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-    return out
+# -- pair files and example data ---------------------------------------------------------------
 
 
 def read_pairs(source: str | Path | pd.DataFrame, *, sep: str | None = None, header: str | bool = "infer",
@@ -717,128 +696,7 @@ def _train_member(data: RatingMatrix, params: dict, seed: int, on_epoch: Callabl
     return member
 
 
-def _model_with(state: dict[str, torch.Tensor], shape: tuple[int, int], config: Any) -> GLocalK:
-    """A CPU GLocal-K holding ``state`` (RuntimeError if it does not fit); leaves torch's RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        model = GLocalK(shape[0], shape[1], config)
-    model.load_state_dict(state)
-    return model
-
-
-def _serving_path(m: sp.csr_matrix, requested: str) -> str:
-    from glocalk.train import choose_path
-
-    return choose_path(m.shape, m.nnz, requested)
-
-
-# -- restoring a saved model -----------------------------------------------------------------
-
-
-def _restore(cls: type[GLocalKRecommender], path: Path, tensors: dict[str, torch.Tensor],
-             meta: dict) -> GLocalKRecommender:
-    where = path / "model.json"
-    n_items, n_users = int(meta["n_items"]), int(meta["n_users"])
-    item_ids = _ids_from_json(meta["item_ids"], meta["item_id_type"], f"{where}: item_ids")
-    user_ids = _ids_from_json(meta["user_ids"], meta["user_id_type"], f"{where}: user_ids")
-    if len(item_ids) != n_items or len(user_ids) != n_users:
-        raise CheckpointError(f"{where}: {len(item_ids)} item ids and {len(user_ids)} user ids for a "
-                              f"{n_items} x {n_users} model")
-    for label, ids in (("item", item_ids), ("user", user_ids)):
-        if len(pd.unique(ids)) != len(ids):
-            raise CheckpointError(f"{where}: the {label} ids are not unique")
-    weights = path / "weights.safetensors"
-    input_m = _csr_from_tensors(tensors, "input", (n_items, n_users), weights)
-    val = _csr_from_tensors(tensors, "val", (n_items, n_users), weights) if "val.indptr" in tensors else None
-    seen = input_m if val is None else _csr(input_m + val)
-    if _fingerprint(input_m) != meta["input_fingerprint"] or _fingerprint(seen) != meta["fingerprint"]:
-        raise CheckpointError(f"{weights}: the stored training matrix does not match the fingerprint in {where} "
-                              "(the files are corrupt or come from different models)")
-    params = dict(meta["hyperparameters"])
-    try:
-        model_config, _ = split_config({k: v for k, v in params.items() if k != "seed"})
-    except KeyError as e:
-        raise CheckpointError(f"{where}: incompatible hyperparameters: {e.args[0]}") from e
-    members = []
-    for k, info in enumerate(meta["members"]):
-        prefix = f"member{k}."
-        state = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
-        if not state:
-            raise CheckpointError(f"{weights}: no weights for member {k} (seed {info.get('seed')})")
-        try:
-            _model_with(state, (n_items, n_users), model_config)
-        except RuntimeError as e:
-            raise CheckpointError(f"{weights}: the weights of member {k} do not fit the model in {where}: {e}") from e
-        history = meta.get("history", {}).get(str(info["seed"]), [])
-        members.append(_Member(int(info["seed"]), int(info["stage"]), int(info["epoch"]), state, history))
-    if not members:
-        raise CheckpointError(f"{where}: the model has no members")
-    scale = tuple(float(x) for x in meta["rating_scale"])
-    offset = float(meta["offset"])
-    if len(scale) != 2 or not scale[0] < scale[1] or not math.isfinite(offset):
-        raise CheckpointError(f"{where}: invalid rating scale {meta['rating_scale']} or offset {meta['offset']}")
-    # The constructor arguments as given (the model itself is built from "hyperparameters" above).
-    est_params = dict(meta.get("estimator", {}))
-    if isinstance(est_params.get("rating_scale"), list):
-        est_params["rating_scale"] = tuple(est_params["rating_scale"])
-    est = cls(**est_params)
-    prep = _Prepared(train=input_m, item_ids=item_ids, user_ids=user_ids, rating_scale=scale, offset=offset)
-    est._install(input_m, val, seen, prep, members, params, path=meta.get("path"))
-    est.metrics_ = meta.get("metrics")
-    return est
-
-
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _fingerprint(m: sp.csr_matrix) -> str:
-    return RatingMatrix(_csr(m)).fingerprint()
-
-
-def _csr_tensors(prefix: str, m: sp.csr_matrix) -> dict[str, torch.Tensor]:
-    m = _csr(m)
-    return {f"{prefix}.indptr": torch.from_numpy(m.indptr.astype(np.int64)),
-            f"{prefix}.indices": torch.from_numpy(m.indices.astype(np.int64)),
-            f"{prefix}.data": torch.from_numpy(m.data.astype(np.float32))}
-
-
-def _csr_from_tensors(tensors: dict[str, torch.Tensor], prefix: str, shape: tuple[int, int],
-                      where: Path) -> sp.csr_matrix:
-    try:
-        indptr, indices, data = (tensors[f"{prefix}.{k}"].numpy() for k in ("indptr", "indices", "data"))
-    except KeyError as e:
-        raise CheckpointError(f"{where}: the stored training matrix is missing ({e.args[0]})") from e
-    ok = (indptr.ndim == indices.ndim == data.ndim == 1 and len(indptr) == shape[0] + 1 and indptr[0] == 0
-          and indptr[-1] == len(indices) == len(data) and np.all(np.diff(indptr) >= 0)
-          and (len(indices) == 0 or (indices.min() >= 0 and indices.max() < shape[1])))
-    if not ok:
-        raise CheckpointError(f"{where}: the stored {prefix} matrix is malformed for a {shape[0]} x {shape[1]} model")
-    return _csr(sp.csr_matrix((data, indices, indptr), shape=shape))
-
-
-def _id_type(ids: np.ndarray) -> str:
-    values = list(ids)
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        return "int"
-    if all(isinstance(v, str) for v in values):
-        return "str"
-    raise DataError("ids must be all integers or all strings to be saved "
-                    f"(found {sorted({type(v).__name__ for v in values})})")
-
-
-def _ids_to_json(ids: np.ndarray) -> list:
-    return [int(v) for v in ids] if _id_type(ids) == "int" else [str(v) for v in ids]
-
-
-def _ids_from_json(values: Any, kind: Any, where: str) -> np.ndarray:
-    if not isinstance(values, list):
-        raise CheckpointError(f"{where} is not a list")
-    if kind == "int" and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.array(values, dtype=np.int64)
-    if kind == "str" and all(isinstance(v, str) for v in values):
-        out = np.empty(len(values), dtype=object)
-        out[:] = values
-        return out
-    raise CheckpointError(f"{where}: ids do not match their recorded type {kind!r}")
 
 
 def _unknown_message(users: np.ndarray, items: np.ndarray, bad_u: np.ndarray, bad_i: np.ndarray) -> str:

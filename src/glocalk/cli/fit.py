@@ -1,33 +1,28 @@
 """Own-data commands: ``glocalk fit``, ``evaluate``, ``predict`` and ``recommend``.
 
-Argument parsing and printing only; the work happens in ``glocalk.estimator``, ``readers`` and
-``splits``. While ``glocalk fit`` trains, its per-epoch training state lives in ``MODEL_DIR.partial/``
-(a sibling of the model directory); ``--resume`` continues from there, and it is deleted once the
-model directory has been written.
+Argument parsing and printing only: ``glocalk fit`` is ``compare.validation.fit_and_report``
+(which documents the output folder and its ``MODEL_DIR.partial/`` training state); the other
+commands call ``GLocalKRecommender``.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from glocalk.errors import CheckpointError, DataError
+from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
+from glocalk.data.readers import Ratings
+from glocalk.errors import CheckpointError, DataError, OutputError
+from glocalk.estimator import GLocalKRecommender
+from glocalk.presets import PRESETS
+from glocalk.store import write_atomic, write_json_atomic
 
-TEST_FRAC = {"random": 0.1, "user": 0.2, "time": 0.2}
-REPORT = "report.json"
-
-
-def partial_dir(out: str | Path) -> Path:
-    """Where ``glocalk fit --out OUT`` keeps its resumable training state: ``OUT.partial``."""
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
+__all__ = ["REPORT", "TEST_FRAC", "cmd_evaluate", "cmd_fit", "cmd_predict", "cmd_recommend", "partial_dir",
+           "register"]
 
 
 # -- shared option groups ---------------------------------------------------------------------
@@ -81,7 +76,7 @@ def _reader_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _handles_errors(func):
-    """Turn parameter errors (plain ValueError from the estimator or the splits) into 'glocalk: error:' messages.
+    """Turn parameter errors (ValueError, ConfigError) and OutputError into 'glocalk: error:' messages.
 
     DataError and CheckpointError are reported by ``cli.main`` itself.
     """
@@ -91,7 +86,7 @@ def _handles_errors(func):
             return func(args)
         except (DataError, CheckpointError):
             raise
-        except ValueError as e:
+        except (ValueError, OutputError) as e:
             print(f"glocalk: error: {e}", file=sys.stderr)
             return 2
     return wrapper
@@ -100,12 +95,8 @@ def _handles_errors(func):
 def _write_csv(df: pd.DataFrame, output: str | None) -> None:
     if output in (None, "-"):
         df.to_csv(sys.stdout, index=False)
-        return
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    else:
+        write_atomic(output, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def _fmt_metrics(m: dict) -> str:
@@ -120,39 +111,8 @@ def _fmt_metrics(m: dict) -> str:
 # -- glocalk fit ------------------------------------------------------------------------------
 
 
-def _check_out(out: Path, force: bool, resume: bool) -> None:
-    """Refuse to replace a directory that is not ours, or ours without --force."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DataError(f"--out {out} exists and is not a directory")
-    if not any(out.iterdir()):
-        return
-    ours = (out / "model.json").exists() or (out / REPORT).exists()
-    if not ours:
-        raise DataError(f"--out {out} exists and is not a glocalk model directory; choose another path")
-    if not (force or resume):
-        raise DataError(f"--out {out} already holds a model; pass --force to replace it")
-
-
-def cmd_fit(args: argparse.Namespace) -> int:
-    from glocalk.cli.app import _overrides, _progress
-    from glocalk.data import splits
-    from glocalk.data.readers import read_ratings
-    from glocalk.estimator import GLocalKRecommender, cross_validate
-    from glocalk.store import versions, write_json_atomic
-
-    out = Path(args.out)
-    state = partial_dir(out)
-    _check_out(out, args.force, args.resume)
-    if args.resume and not state.exists():
-        raise DataError(f"--resume: no interrupted run to continue ({state} does not exist)")
-    if not args.resume and state.exists():
-        shutil.rmtree(state)  # an old interrupted run of which this is not the continuation
-    if args.split != "kfold" and (args.folds is not None or args.no_refit):
-        raise ValueError("--folds and --no-refit apply to --split kfold only")
-    if args.test_frac is not None and args.split not in TEST_FRAC:
-        raise ValueError("--test-frac applies to --split random, user or time only")
+def _estimator(args: argparse.Namespace, overrides: dict) -> GLocalKRecommender:
+    """The estimator the model flags describe (--seed and --ensemble checked together)."""
     seeds = list(args.seed)
     if len(seeds) > 1 and args.ensemble is None:
         raise ValueError(f"{len(seeds)} seeds train {len(seeds)} models: add --ensemble to average their "
@@ -167,67 +127,33 @@ def cmd_fit(args: argparse.Namespace) -> int:
             seeds = seeds[0]
         elif args.ensemble and args.ensemble != len(seeds):
             raise ValueError(f"--ensemble {args.ensemble} but {len(seeds)} seeds were given")
-    est = GLocalKRecommender(
+    return GLocalKRecommender(
         args.preset, seed=seeds, n_ensemble=n_ensemble, val_frac=args.val_frac, patience=args.patience,
         rating_scale=tuple(args.rating_scale) if args.rating_scale else None, duplicates=args.duplicates,
-        device=args.device, path=args.path, optimizer=args.optimizer, threads=args.threads, **_overrides(args))
-    member_seeds = est.seeds()
-    split_seed = member_seeds[0] if args.split_seed is None else args.split_seed
-    t0 = time.perf_counter()
-    read_kw = _reader_kwargs(args)
-    ratings = read_ratings(args.ratings, rating_scale=est.rating_scale, **read_kw)
-    if not args.quiet:
-        print(f"{args.ratings}: {len(ratings):,} ratings, {ratings.n_users:,} users, {ratings.n_items:,} items, "
-              f"scale {ratings.rating_scale[0]:g}..{ratings.rating_scale[1]:g}", file=sys.stderr)
+        device=args.device, path=args.path, optimizer=args.optimizer, threads=args.threads, **overrides)
+
+
+def _print_ratings(ratings: Ratings) -> None:
+    print(f"{ratings.source}: {len(ratings):,} ratings, {ratings.n_users:,} users, {ratings.n_items:,} items, "
+          f"scale {ratings.rating_scale[0]:g}..{ratings.rating_scale[1]:g}", file=sys.stderr)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    # app imports this module when it builds the parser, hence the late import (cli/options.py will hold these).
+    from glocalk.cli.app import _overrides, _progress
+
+    est = _estimator(args, _overrides(args))
+    config = FitConfig(ratings=args.ratings, out=args.out, test=args.test, split=args.split, test_frac=args.test_frac,
+                       folds=args.folds, refit=not args.no_refit, split_seed=args.split_seed, force=args.force,
+                       resume=args.resume, read_options=_reader_kwargs(args), command=["glocalk", *sys.argv[1:]])
     params = est.config()
-    total = params["epoch_p"] + params["epoch_f"]
-    on_epoch, close = _progress(total, len(member_seeds), args.quiet)
-    report: dict = {"command": ["glocalk", *sys.argv[1:]], "ratings": str(args.ratings),
-                    "n_ratings": len(ratings), "hyperparameters": params, "seeds": member_seeds,
-                    "ensemble": len(member_seeds) > 1, "val_frac": args.val_frac, "versions": versions()}
-    train, test, cv = ratings, None, None
+    on_epoch, close = _progress(params["epoch_p"] + params["epoch_f"], len(est.seeds()), args.quiet)
     try:
-        if args.split == "kfold":
-            folds = args.folds or 5
-            report["split"] = {"kind": "kfold", "folds": folds, "seed": split_seed}
-            cv = cross_validate(est, ratings, folds, split_seed,
-                                on_epoch=lambda k, s, rec: on_epoch(f"{s} (fold {k})", rec),
-                                checkpoint_dir=state / "cv", resume=args.resume)
-            report["cross_validation"] = cv
-        elif args.split:
-            frac = TEST_FRAC[args.split] if args.test_frac is None else args.test_frac
-            if args.split == "random":
-                train, test = splits.random_holdout(ratings, frac, split_seed)
-            elif args.split == "user":
-                train, test = splits.per_user_holdout(ratings, frac, seed=split_seed)
-            else:
-                train, test = splits.time_holdout(ratings, frac)
-            report["split"] = {"kind": args.split, "test_frac": frac, "seed": split_seed,
-                               "n_train": len(train), "n_test": len(test)}
-        elif args.test:
-            test = read_ratings(args.test, rating_scale=ratings.rating_scale, offset=ratings.offset, **read_kw)
-            report["split"] = {"kind": "file", "test": str(args.test), "n_test": len(test)}
-        model = None
-        if cv is None or not args.no_refit:
-            model = est.fit(train, test=test, on_epoch=on_epoch,
-                            checkpoint_dir=state / "fit", resume=args.resume)
+        result = fit_and_report(est, config, on_epoch=on_epoch, on_ratings=None if args.quiet else _print_ratings)
     finally:
         close()
-    report["wall_time_s"] = time.perf_counter() - t0
-    if model is not None:
-        report.update(metrics=model.metrics_, members=model.members_, fingerprint=model.fingerprint_)
-        model.save(out, extra_files={REPORT: json.dumps(report, indent=2, default=_json_default) + "\n"})
-    else:
-        if out.exists():
-            shutil.rmtree(out)
-        write_json_atomic(out / REPORT, report)
-    shutil.rmtree(state, ignore_errors=True)
-    _print_fit(report, out, model is not None)
+    _print_fit(result.report, result.out, result.model is not None)
     return 0
-
-
-def _json_default(o):
-    return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
 def _print_fit(report: dict, out: Path, saved: bool) -> None:
@@ -249,20 +175,9 @@ def _print_fit(report: dict, out: Path, saved: bool) -> None:
 # -- glocalk evaluate / predict / recommend -----------------------------------------------------
 
 
-def _load(model_dir: str):
-    from glocalk.estimator import GLocalKRecommender
-
-    return GLocalKRecommender.load(model_dir)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from glocalk.data.readers import read_ratings
-    from glocalk.store import write_json_atomic
-
-    model = _load(args.model_dir)
-    kw = _reader_kwargs(args)
-    test = read_ratings(args.test_file, rating_scale=model.rating_scale_, offset=model.offset_, **kw)
-    metrics = model.evaluate(test, unknown=args.unknown)
+    model = GLocalKRecommender.load(args.model_dir)
+    metrics = model.evaluate(args.test_file, unknown=args.unknown, **_reader_kwargs(args))
     print(f"{args.test_file}: {_fmt_metrics(metrics)}")
     if args.json:
         write_json_atomic(args.json, {"model": str(args.model_dir), "test": str(args.test_file), **metrics})
@@ -272,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from glocalk.estimator import read_pairs
 
-    model = _load(args.model_dir)
+    model = GLocalKRecommender.load(args.model_dir)
     kw = _reader_kwargs(args)
     pairs = read_pairs(args.pairs_file, **kw)
     try:
@@ -296,7 +211,7 @@ def _read_users(path: str) -> list[str]:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    model = _load(args.model_dir)
+    model = GLocalKRecommender.load(args.model_dir)
     users = [args.user] if args.user is not None else _read_users(args.users_file)
     recs = model.recommend_many(users, k=args.k, exclude_seen=not args.include_seen, unknown=args.unknown)
     _write_csv(recs, args.output)
@@ -308,8 +223,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add fit, evaluate, predict and recommend to the ``glocalk`` sub-command parser."""
-    from glocalk.cli.app import _add_training_options
-    from glocalk.presets import PRESETS
+    from glocalk.cli.app import _add_training_options  # see cmd_fit
 
     p = sub.add_parser(
         "fit", help="train GLocal-K on your own ratings file and save the model",
@@ -398,4 +312,3 @@ def register(sub) -> None:
     p.set_defaults(func=_handles_errors(cmd_recommend))
 
 
-__all__ = ["cmd_evaluate", "cmd_fit", "cmd_predict", "cmd_recommend", "partial_dir", "register"]

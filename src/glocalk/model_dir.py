@@ -1,0 +1,360 @@
+"""The saved-model format: a directory ``glocalk fit`` and ``GLocalKRecommender.save`` write.
+
+``weights.safetensors`` holds each member's weights (``member{k}.{name}``), the training matrix the
+model reads (``input.indptr/indices/data``) and the validation ratings held out of it (``val.*``),
+so the model is complete without the original file; ``model.json`` holds the hyperparameters, the
+raw id maps (with their type), the rating scale and offset, the library versions, the training
+data's fingerprint, the members' selected epochs and the metrics. Written atomically by
+``store.save_dir``; read by ``store.load_dir`` (safetensors and JSON: loading never runs code).
+
+Loading trusts nothing in ``model.json``: every field is checked (type, range, and the
+hyperparameters against the shapes of the stored tensors) before any model is built, and each
+problem is a CheckpointError naming the file and the field. Weight values are not scanned here;
+a non-finite score is an error where it is computed (the estimator names the model directory).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import CheckpointError, DataError
+from glocalk.model import GLocalK, GLocalKConfig
+from glocalk.presets import MODEL_KEYS, TRAIN_KEYS
+from glocalk.store import load_dir, save_dir, versions
+
+MODEL_KIND = "glocalk-model"
+# Hyperparameters that fix the shapes of the weights: required in model.json.
+SHAPE_KEYS = ("n_hid", "n_dim", "n_layers", "gk_size")
+PATHS = ("dense", "sparse")
+
+
+@dataclass
+class Member:
+    """One trained model of an ensemble: its seed, the selected (stage, epoch), weights and epoch log."""
+
+    seed: int
+    stage: int
+    epoch: int
+    state: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SavedModel:
+    """Everything a model directory holds (ratings in internal units: the user's plus ``offset``)."""
+
+    input: sp.csr_matrix  # (n_items, n_users) the training matrix the members read
+    val: sp.csr_matrix | None  # validation ratings held out of ``input`` (None: none)
+    item_ids: np.ndarray  # index -> raw id
+    user_ids: np.ndarray
+    rating_scale: tuple[float, float]  # internal units: the clip range plus offset
+    offset: float
+    hyperparameters: dict  # the flat training parameters (presets.split_config reads them)
+    members: list[Member]
+    estimator: dict = field(default_factory=dict)  # the estimator's constructor arguments
+    path: str | None = None  # dense or sparse maths when serving
+    metrics: dict | None = None
+
+    @property
+    def seen(self) -> sp.csr_matrix:
+        """Every training rating: the input plus the validation ratings."""
+        return as_csr(self.input) if self.val is None else as_csr(self.input + self.val)
+
+    def model_config(self) -> GLocalKConfig:
+        """The architecture the members' weights belong to."""
+        return GLocalKConfig(**{k: v for k, v in self.hyperparameters.items() if k in MODEL_KEYS})
+
+
+def as_csr(m: sp.spmatrix) -> sp.csr_matrix:
+    """``m`` as the matrices are stored: float32 CSR, explicit zeros removed, indices sorted."""
+    out = sp.csr_matrix(m, dtype=np.float32)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def fingerprint(m: sp.csr_matrix) -> str:
+    """The content hash of a ratings matrix (``RatingMatrix.fingerprint``)."""
+    return RatingMatrix(as_csr(m)).fingerprint()
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def save_model(path: str | Path, model: SavedModel, extra_files: dict[str, str] | None = None,
+               owned: tuple[str, ...] = ()) -> Path:
+    """Write ``model`` as directory ``path``, atomically (``store.save_dir``; ``owned``: see there)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, m in enumerate(model.members):
+        tensors.update({f"member{k}.{name}": t for name, t in m.state.items()})
+    tensors.update(_csr_tensors("input", model.input))
+    if model.val is not None:
+        tensors.update(_csr_tensors("val", model.val))
+    meta = {
+        "kind": MODEL_KIND,
+        "hyperparameters": model.hyperparameters,
+        "estimator": model.estimator,
+        "n_items": int(model.input.shape[0]), "n_users": int(model.input.shape[1]),
+        "item_ids": _ids_to_json(model.item_ids), "user_ids": _ids_to_json(model.user_ids),
+        "item_id_type": _id_type(model.item_ids), "user_id_type": _id_type(model.user_ids),
+        "rating_scale": list(model.rating_scale), "offset": model.offset,
+        "path": model.path,
+        "members": [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in model.members],
+        "history": {str(m.seed): m.history for m in model.members},
+        "fingerprint": fingerprint(model.seen),
+        "input_fingerprint": fingerprint(model.input),
+        "metrics": model.metrics,
+        "versions": versions(),
+    }
+    return save_dir(path, tensors, meta, extra_files, owned)
+
+
+def _csr_tensors(prefix: str, m: sp.csr_matrix) -> dict[str, torch.Tensor]:
+    m = as_csr(m)
+    return {f"{prefix}.indptr": torch.from_numpy(m.indptr.astype(np.int64)),
+            f"{prefix}.indices": torch.from_numpy(m.indices.astype(np.int64)),
+            f"{prefix}.data": torch.from_numpy(m.data.astype(np.float32))}
+
+
+def _id_type(ids: np.ndarray) -> str:
+    values = list(ids)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return "int"
+    if all(isinstance(v, str) for v in values):
+        return "str"
+    raise DataError("ids must be all integers or all strings to be saved "
+                    f"(found {sorted({type(v).__name__ for v in values})})")
+
+
+def _ids_to_json(ids: np.ndarray) -> list:
+    return [int(v) for v in ids] if _id_type(ids) == "int" else [str(v) for v in ids]
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def load_model(path: str | Path) -> SavedModel:
+    """Read and validate a model directory; CheckpointError names the file and the field at fault."""
+    path = Path(path)
+    tensors, meta = load_dir(path)
+    where = path / "model.json"
+    if meta.get("kind") != MODEL_KIND:
+        raise CheckpointError(f"{where}: not a glocalk model (kind={meta.get('kind')!r}, expected {MODEL_KIND!r})")
+    try:
+        return _read(path, tensors, meta)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        detail = f"missing entry {e}" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"{path} is incompatible or corrupt: {detail}") from e
+
+
+def _read(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> SavedModel:
+    where, weights = path / "model.json", path / "weights.safetensors"
+    n_items = _integer(meta, "n_items", where, low=1)
+    n_users = _integer(meta, "n_users", where, low=1)
+    item_ids = _ids_from_json(meta["item_ids"], meta["item_id_type"], f"{where}: item_ids")
+    user_ids = _ids_from_json(meta["user_ids"], meta["user_id_type"], f"{where}: user_ids")
+    if len(item_ids) != n_items or len(user_ids) != n_users:
+        raise CheckpointError(f"{where}: {len(item_ids)} item ids and {len(user_ids)} user ids for a "
+                              f"{n_items} x {n_users} model")
+    for label, ids in (("item", item_ids), ("user", user_ids)):
+        if len(pd.unique(ids)) != len(ids):
+            raise CheckpointError(f"{where}: the {label} ids are not unique")
+    input_m = _csr_from_tensors(tensors, "input", (n_items, n_users), weights)
+    val = _csr_from_tensors(tensors, "val", (n_items, n_users), weights) if "val.indptr" in tensors else None
+    seen = input_m if val is None else as_csr(input_m + val)
+    if fingerprint(input_m) != meta["input_fingerprint"] or fingerprint(seen) != meta["fingerprint"]:
+        raise CheckpointError(f"{weights}: the stored training matrix does not match the fingerprint in {where} "
+                              "(the files are corrupt or come from different models)")
+    params = check_hyperparameters(meta["hyperparameters"], where)
+    members = _members(meta, tensors, params, (n_items, n_users), path)
+    scale, offset = _scale(meta, where)
+    path_kind = meta.get("path")
+    if path_kind is not None and path_kind not in PATHS:
+        raise CheckpointError(f"{where}: path must be one of {PATHS}, got {path_kind!r}")
+    estimator = meta.get("estimator", {})
+    metrics = meta.get("metrics")
+    if not isinstance(estimator, dict) or not (metrics is None or isinstance(metrics, dict)):
+        raise CheckpointError(f"{where}: estimator and metrics must be JSON objects")
+    return SavedModel(input=input_m, val=val, item_ids=item_ids, user_ids=user_ids, rating_scale=scale,
+                      offset=offset, hyperparameters=params, members=members, estimator=dict(estimator),
+                      path=path_kind, metrics=metrics)
+
+
+def _integer(obj: dict, key: str, where: Any, low: int = 0, label: str | None = None) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise CheckpointError(f"{where}: {label or key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _number(obj: dict, key: str, where: Any, low: float | None = None, label: str | None = None) -> float:
+    value = obj.get(key)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or (low is not None and value < low):
+        bound = "" if low is None else f" >= {low:g}"
+        raise CheckpointError(f"{where}: {label or key} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
+def check_hyperparameters(params: Any, where: Any) -> dict:
+    """The hyperparameters of ``model.json``, each checked for type and range (CheckpointError naming it)."""
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{where}: hyperparameters must be a JSON object")
+    unknown = sorted(set(params) - set(MODEL_KEYS) - set(TRAIN_KEYS) - {"seed"})
+    if unknown:
+        raise CheckpointError(f"{where}: incompatible hyperparameters: unknown {', '.join(unknown)}")
+    missing = [k for k in SHAPE_KEYS if k not in params]
+    if missing:
+        raise CheckpointError(f"{where}: hyperparameters lack {', '.join(missing)}")
+    for key in SHAPE_KEYS:
+        _integer(params, key, where, low=1, label=f"hyperparameters.{key}")
+    for key in ("epoch_p", "epoch_f", "iter_p", "iter_f"):
+        if key in params:
+            _integer(params, key, where, low=0, label=f"hyperparameters.{key}")
+    for key, low in (("lambda_2", 0.0), ("lambda_s", 0.0), ("dot_scale", None)):
+        if key in params:
+            _number(params, key, where, low=low, label=f"hyperparameters.{key}")
+    if params.get("gk_norm", "paper") not in ("paper", "sqrt"):
+        raise CheckpointError(f"{where}: hyperparameters.gk_norm must be 'paper' or 'sqrt', "
+                              f"got {params['gk_norm']!r}")
+    for key in ("local_kernel", "global_kernel"):
+        if not isinstance(params.get(key, True), bool):
+            raise CheckpointError(f"{where}: hyperparameters.{key} must be true or false, got {params[key]!r}")
+    return dict(params)
+
+
+def _scale(meta: dict, where: Path) -> tuple[tuple[float, float], float]:
+    raw = meta["rating_scale"]
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise CheckpointError(f"{where}: rating_scale must be [min, max], got {raw!r}")
+    lo = _number({"v": raw[0]}, "v", where, label="rating_scale[0]")
+    hi = _number({"v": raw[1]}, "v", where, label="rating_scale[1]")
+    offset = _number(meta, "offset", where)
+    if not 0 < lo < hi:
+        raise CheckpointError(f"{where}: invalid rating scale {raw} (internal units: need 0 < min < max)")
+    return (lo, hi), offset
+
+
+def _members(meta: dict, tensors: dict[str, torch.Tensor], params: dict, shape: tuple[int, int],
+             path: Path) -> list[Member]:
+    where, weights = path / "model.json", path / "weights.safetensors"
+    infos = meta["members"]
+    if not isinstance(infos, list) or not infos:
+        raise CheckpointError(f"{where}: the model has no members")
+    history = meta.get("history", {})
+    if not isinstance(history, dict):
+        raise CheckpointError(f"{where}: history must be a JSON object")
+    expected = _expected_shapes(params, shape)
+    members, seeds = [], set()
+    for k, info in enumerate(infos):
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{where}: members[{k}] must be a JSON object")
+        seed = _integer(info, "seed", where, low=-(2**63), label=f"members[{k}].seed")
+        if seed in seeds:
+            raise CheckpointError(f"{where}: members[{k}].seed {seed} is repeated")
+        seeds.add(seed)
+        log = history.get(str(seed), [])
+        stage, epoch = _selected(info, params, log, where, k)
+        prefix = f"member{k}."
+        state = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
+        if not state:
+            raise CheckpointError(f"{weights}: no weights for member {k} (seed {seed})")
+        _check_state(state, expected, params, shape, f"{weights}: member {k}", where)
+        members.append(Member(seed, stage, epoch, state, log))
+    return members
+
+
+def _selected(info: dict, params: dict, log: Any, where: Path, k: int) -> tuple[int, int]:
+    """The member's (stage, epoch), consistent with the epoch counts and its epoch log."""
+    total = params.get("epoch_p", 0) + params.get("epoch_f", 0)
+    epoch = _integer(info, "epoch", where, low=1, label=f"members[{k}].epoch")
+    stage = _integer(info, "stage", where, low=1, label=f"members[{k}].stage")
+    if "epoch_p" in params:
+        if epoch > total:
+            raise CheckpointError(f"{where}: members[{k}].epoch {epoch} is beyond the {total} epochs trained")
+        # Epochs are numbered across both stages: 1..epoch_p pre-train, the rest fine-tune.
+        want = 1 if epoch <= params["epoch_p"] else 2
+        if stage != want:
+            raise CheckpointError(f"{where}: members[{k}].stage is {stage} but epoch {epoch} is a "
+                                  f"{'pre-training' if want == 1 else 'fine-tuning'} epoch (stage {want}; "
+                                  f"epoch_p={params['epoch_p']})")
+    elif stage not in (1, 2):
+        raise CheckpointError(f"{where}: members[{k}].stage must be 1 or 2, got {stage}")
+    if not isinstance(log, list) or not all(isinstance(r, dict) for r in log):
+        raise CheckpointError(f"{where}: history of members[{k}] must be a list of epoch records")
+    logged = [r.get("stage") for r in log if r.get("epoch") == epoch]
+    if logged and logged[0] != stage:
+        raise CheckpointError(f"{where}: members[{k}].stage {stage} differs from its epoch log (stage {logged[0]})")
+    return stage, epoch
+
+
+def _expected_shapes(params: dict, shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a model's weights, from a model on the meta device (nothing is allocated)."""
+    config = GLocalKConfig(**{k: v for k, v in params.items() if k in MODEL_KEYS})
+    with torch.device("meta"):
+        model = GLocalK(shape[0], shape[1], config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _check_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], params: dict,
+                 shape: tuple[int, int], label: str, where: Path) -> None:
+    """The weights' names and shapes against the hyperparameters, naming the field that disagrees."""
+    try:
+        found = {"n_layers": len({n.split(".")[1] for n in state if n.startswith("hidden.")}),
+                 "n_hid": state["hidden.0.W"].shape[1], "n_dim": state["hidden.0.u"].shape[-1],
+                 "gk_size": math.isqrt(state["gk_weight"].shape[1])}
+        sizes = {"n_users": state["hidden.0.W"].shape[0], "n_items": state["gk_weight"].shape[0]}
+    except (KeyError, IndexError) as e:
+        raise CheckpointError(f"{label}: weights are missing or malformed ({e})") from e
+    for key, value in found.items():
+        if params[key] != value:
+            raise CheckpointError(f"{where}: hyperparameters.{key} is {params[key]!r} but the weights "
+                                  f"({label}) have {key} {value}")
+    for key, value in sizes.items():
+        want = shape[0] if key == "n_items" else shape[1]
+        if want != value:
+            raise CheckpointError(f"{where}: {key} is {want} but the weights ({label}) have {value}")
+    if set(state) != set(expected):
+        odd = sorted(set(state) ^ set(expected))
+        raise CheckpointError(f"{label}: weights do not fit the model in {where} (missing or unexpected: {odd[:5]})")
+    for name, t in state.items():
+        if tuple(t.shape) != expected[name] or t.dtype != torch.float32:
+            raise CheckpointError(f"{label}: weights do not fit the model in {where}: {name} is "
+                                  f"{t.dtype} {tuple(t.shape)}, expected float32 {expected[name]}")
+
+
+def _csr_from_tensors(tensors: dict[str, torch.Tensor], prefix: str, shape: tuple[int, int],
+                      where: Path) -> sp.csr_matrix:
+    try:
+        indptr, indices, data = (tensors[f"{prefix}.{k}"].numpy() for k in ("indptr", "indices", "data"))
+    except KeyError as e:
+        raise CheckpointError(f"{where}: the stored training matrix is missing ({e.args[0]})") from e
+    ok = (indptr.ndim == indices.ndim == data.ndim == 1 and len(indptr) == shape[0] + 1 and indptr[0] == 0
+          and indptr[-1] == len(indices) == len(data) and np.all(np.diff(indptr) >= 0)
+          and (len(indices) == 0 or (indices.min() >= 0 and indices.max() < shape[1])))
+    if not ok:
+        raise CheckpointError(f"{where}: the stored {prefix} matrix is malformed for a {shape[0]} x {shape[1]} model")
+    return as_csr(sp.csr_matrix((data, indices, indptr), shape=shape))
+
+
+def _ids_from_json(values: Any, kind: Any, where: str) -> np.ndarray:
+    if not isinstance(values, list):
+        raise CheckpointError(f"{where} is not a list")
+    if kind == "int" and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return np.array(values, dtype=np.int64)
+    if kind == "str" and all(isinstance(v, str) for v in values):
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+    raise CheckpointError(f"{where}: ids do not match their recorded type {kind!r}")
