@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -437,3 +438,18 @@ def test_reader_options_as_object_or_keywords(tmp_path):
     assert triples(read_ratings(p, ReaderOptions(sep=";"), duplicates="last")) == [("a", "x", 5.0)]
     with pytest.raises(TypeError, match="unknown reader option"):
         read_ratings(p, delimiter=";")
+
+
+@pytest.mark.parametrize("value", ["1e-46", "-1e-46", "1e39"])
+def test_rating_lost_in_float32_is_rejected_naming_the_line(tmp_path, value):
+    # Defect: 1e-46 became 0 ('not rated') in the float32 matrix and the rating vanished silently.
+    p = write(tmp_path, "r.csv", f"user,item,rating\na,x,3\nb,y,{value}\n")
+    shown = re.escape(f"{float(value):g}")
+    with pytest.raises(DataError, match=rf"r\.csv: line 3: rating {shown} cannot be stored as a float32"):
+        read_ratings(p)
+
+
+def test_matrix_rejects_ratings_lost_in_float32():
+    tiny = Ratings(pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "rating": [1e-46, 3.0]}), offset=0.0)
+    with pytest.raises(DataError, match="1e-46 cannot be stored as a float32"):
+        to_rating_matrix(tiny)

@@ -423,7 +423,7 @@ def _read_text(path: Path, opts: ReaderOptions, cols: dict[str, Any],
     if has_header and second_idx < 0:
         raise DataError(f"{path}: no {layout.what}: the file has a header line but no data rows")
     skip = second_idx if has_header else first_idx
-    df = _parse_table(path, sep, skip, {p for p in pos.values() if p is not None}, opts.encoding)
+    df = _parse_table(path, sep, skip, {pos['user'], pos['item']}, opts.encoding)
     df = df[[p for p in pos.values() if p is not None]]
     df.columns = [r for r, p in pos.items() if p is not None]
     for role in ("user", "item"):  # stray spaces around ids (e.g. "u1\t m1") are never part of them
@@ -639,6 +639,7 @@ def _normalise(df: pd.DataFrame, where: Callable[[int], str], source: str, ratin
         k = int(np.argmax(bad))
         raise DataError(f"{source}: {where(int(df.index[k]))}: rating {_show(raw.iloc[k])} is not a finite number "
                         f"({int(bad.sum())} such row(s)); ratings must be numeric")
+    _check_float32(values, df.index, where, source)
     if rating_scale is not None:
         lo, hi = rating_scale
         out = (values < lo) | (values > hi)
@@ -662,6 +663,20 @@ def _normalise(df: pd.DataFrame, where: Callable[[int], str], source: str, ratin
     return Ratings(out.reset_index(drop=True), source=source, rating_scale=rating_scale, offset=offset)
 
 
+def _check_float32(values: np.ndarray, index: pd.Index, where: Callable[[int], str],
+                   source: str) -> None:
+    """Ratings are stored as float32: one that would underflow to 0 (or a subnormal) or overflow to
+    infinity there would silently vanish or break training, so it is an error naming the line."""
+    info = np.finfo(np.float32)
+    size = np.abs(values)
+    bad = ((size > 0) & (size < info.tiny)) | (size > info.max)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise DataError(f"{source}: {where(int(index[k]))}: rating {values[k]:g} cannot be stored as a "
+                        f"float32 (magnitudes from {info.tiny:.3g} to {info.max:.3g}, or 0) ({int(bad.sum())} such "
+                        "row(s)); rescale the ratings")
+
+
 def _tidy_ids(col: pd.Series, from_text: bool) -> pd.Series:
     if from_text:
         # Text ids become int64 only when every one is a canonical integer, so "007" stays "007".
@@ -681,7 +696,7 @@ def _tidy_ids(col: pd.Series, from_text: bool) -> pd.Series:
 
 
 def _parse_time(col: pd.Series, where: Callable[[int], str], source: str) -> pd.Series:
-    hint = "pass time_col=False to ignore timestamps, or time_col= to pick another column"
+    hint = f"pass {option('time_col', False)} to ignore timestamps, or {option('time_col')} to pick another column"
     missing = col.isna().to_numpy()
     if missing.any():
         k = int(np.argmax(missing))
@@ -714,8 +729,8 @@ def _dedupe(df: pd.DataFrame, policy: str, where: Callable[[int], str], source: 
         at = f"{where(int(df.index[same[0]]))} and {where(int(df.index[j]))}"
         raise DataError(
             f"{source}: duplicate rating for user {_show(u)} and item {_show(i)} at {at} ({int(later.sum())} "
-            "duplicate row(s) in all); pass duplicates='last' to keep the last rating of each pair or "
-            "duplicates='mean' to average them")
+            f"duplicate row(s) in all); pass {option('duplicates', 'last')} to keep the last rating of each pair "
+            f"or {option('duplicates', 'mean')} to average them")
     if policy in ("last", "first"):
         return df[~df.duplicated(key, keep=policy).to_numpy()]
     # groupby(sort=False) orders groups by first occurrence, as the first-occurrence rows are.
@@ -874,11 +889,16 @@ def _build(ratings: Ratings, ids: IdMap, offset: float, unknown: str, what: str)
         raise DataError(f"{ratings.source}: {what} rating {vals.min() - offset:g} is <= 0 after the offset "
                         f"{offset:g}, which a matrix cannot hold (0 means 'not rated'); read the files with a "
                         "rating_scale covering all ratings")
+    vals32 = vals.astype(np.float32)
+    lost = ~(np.isfinite(vals32) & (vals32 > 0))  # underflow to 0 (or overflow) in the matrix's float32
+    if lost.any():
+        raise DataError(f"{ratings.source}: {what} rating {vals[lost][0] - offset:g} cannot be stored as a float32 "
+                        "matrix entry (it would become 0, i.e. 'not rated', or infinite); rescale the ratings")
     shape = (ids.n_items, ids.n_users)
-    m = sp.csr_matrix((vals.astype(np.float32), (i[keep], u[keep])), shape=shape)
+    m = sp.csr_matrix((vals32, (i[keep], u[keep])), shape=shape)
     if m.nnz != len(vals):  # csr construction silently sums duplicates
         raise DataError(f"{ratings.source}: {what} ratings hold {len(vals) - m.nnz} duplicate (user, item) pair(s); "
-                        "read them with read_ratings(duplicates='last' or 'mean')")
+                        f"read them with {option('duplicates', 'last')} or {option('duplicates', 'mean')}")
     return m, n_bad
 
 
@@ -897,7 +917,7 @@ def to_rating_matrix(train: Ratings, test: Ratings | None = None, val: Ratings |
     lo, hi = train.rating_scale
     if not lo < hi:
         raise DataError(f"{train.source}: every training rating is {lo:g}, so the rating scale is unknown; pass "
-                        "rating_scale=(min, max) to read_ratings")
+                        f"{option('rating_scale', '(MIN MAX)')} to read_ratings")
     ids = IdMap.from_ratings(train)
     off = float(train.offset)
     m_train, _ = _build(train, ids, off, "error", "training")
