@@ -98,7 +98,7 @@ class Scorer:
     """
 
     def __init__(self, model: SavedModel) -> None:
-        config = model.model_config()
+        config, _ = split_config({k: v for k, v in model.hyperparameters.items() if k != "seed"})
         self.path = model.path or choose_path(model.input.shape, model.input.nnz,
                                               model.hyperparameters.get("path", "auto"))
         data = prepare_input(model.input, self.path == "sparse", config.gk_size, "cpu")
@@ -138,6 +138,29 @@ def _model_with(state: dict[str, torch.Tensor], shape: tuple[int, int], config: 
         model = GLocalK(shape[0], shape[1], config)
     model.load_state_dict(state)
     return model
+
+
+def _check_weights(model: SavedModel, path: Path) -> None:
+    """Every member's weights against the network model.json describes, built on the meta device
+    (shapes only, nothing allocated), so that no real network is built from a mismatched file."""
+    where = path / "model.json"
+    try:
+        config, _ = split_config({k: v for k, v in model.hyperparameters.items() if k != "seed"})
+    except KeyError as e:
+        raise CheckpointError(f"{where}: incompatible hyperparameters: {e.args[0]}") from e
+    with torch.device("meta"):
+        net = GLocalK(model.input.shape[0], model.input.shape[1], config)
+    expected = {name: (tuple(t.shape), t.dtype) for name, t in net.state_dict().items()}
+    for k, member in enumerate(model.members):
+        label = f"{path / 'weights.safetensors'}: member {k}"
+        odd = sorted(set(member.state) ^ set(expected))
+        if odd:
+            raise CheckpointError(f"{label}: weights do not fit the model in {where} "
+                                  f"(missing or unexpected: {odd[:5]})")
+        for name, t in member.state.items():
+            if (tuple(t.shape), t.dtype) != expected[name]:
+                raise CheckpointError(f"{label}: weights do not fit the model in {where}: {name} is {t.dtype} "
+                                      f"{tuple(t.shape)}, expected {expected[name][1]} {expected[name][0]}")
 
 
 # -- the shell -------------------------------------------------------------------------------
@@ -525,6 +548,7 @@ class GLocalKRecommender:
             est = cls(**params)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path / 'model.json'}: invalid estimator arguments: {e}") from e
+        _check_weights(model, path)
         est._install(model)
         est.metrics_ = model.metrics
         est._source = path
@@ -539,95 +563,6 @@ _DEFAULTS = {"preset": "ml-100k", "seed": 1, "n_ensemble": None, "val_frac": Non
 
 
 # -- pair files and example data ---------------------------------------------------------------
-
-
-def read_pairs(source: str | Path | pd.DataFrame, *, sep: str | None = None, header: str | bool = "infer",
-               user_col: str | int | None = None, item_col: str | int | None = None,
-               encoding: str = "utf-8") -> pd.DataFrame:
-    """(user, item) pairs to predict from a delimited text or Parquet file (other columns are ignored).
-
-    Columns: ``user_col`` / ``item_col`` by name or 0-based position; by default the names readers
-    recognises (``readers.COLUMN_ALIASES``), else positions 0 and 1. ``header="infer"`` takes the first
-    line as a header when it names a user and an item column. Ids are kept as text (they are matched
-    to the model's ids as readers does). Raises DataError naming the file for anything wrong.
-    """
-    from glocalk.data.readers import COLUMN_ALIASES
-
-    label = "DataFrame" if isinstance(source, pd.DataFrame) else str(source)
-    if isinstance(source, pd.DataFrame):
-        frame = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise DataError(f"pairs file not found: {path}")
-        if path.suffix.lower() in (".parquet", ".pq") or path.read_bytes()[:4] == b"PAR1":
-            try:
-                frame = pd.read_parquet(path)
-            except Exception as e:  # pyarrow raises several unrelated types for corrupt files
-                raise DataError(f"{path}: cannot be read as Parquet: {e}") from e
-        else:
-            frame = _read_pairs_text(path, sep, header, user_col, item_col, encoding, COLUMN_ALIASES)
-    if len(frame) == 0:
-        raise DataError(f"{label}: no pairs: the data has no rows")
-    names = [str(c).casefold() for c in frame.columns]
-    picked = []
-    for role, spec in (("user", user_col), ("item", item_col)):
-        if isinstance(spec, int) and not isinstance(spec, bool):
-            if not 0 <= spec < frame.shape[1]:
-                raise DataError(f"{label}: {role}_col={spec} is out of range: {frame.shape[1]} column(s)")
-            picked.append(spec)
-        elif isinstance(spec, str):
-            if spec.casefold() not in names:
-                raise DataError(f"{label}: column {spec!r} ({role}_col) not found; available columns: "
-                                f"{', '.join(map(str, frame.columns))}")
-            picked.append(names.index(spec.casefold()))
-        else:
-            hit = [names.index(a) for a in COLUMN_ALIASES[role] if a in names]
-            if hit:
-                picked.append(hit[0])
-            elif list(frame.columns) == list(range(frame.shape[1])) and frame.shape[1] >= 2:
-                picked.append(0 if role == "user" else 1)
-            else:
-                raise DataError(f"{label}: no {role} column found; looked for {', '.join(COLUMN_ALIASES[role])}; "
-                                f"available columns: {', '.join(map(str, frame.columns))}; choose it with "
-                                f"{role}_col (--{role}-col)")
-    out = pd.DataFrame({"user": frame.iloc[:, picked[0]].to_numpy(), "item": frame.iloc[:, picked[1]].to_numpy()})
-    bad = (out["user"].isna() | out["item"].isna()).to_numpy()
-    if bad.any():
-        raise DataError(f"{label}: row {int(np.argmax(bad))} (0-based, after any header) has no user or item id")
-    return out
-
-
-def _read_pairs_text(path: Path, sep: str | None, header: str | bool, user_col: Any, item_col: Any,
-                     encoding: str, aliases: dict) -> pd.DataFrame:
-    try:
-        lines = [ln for ln in path.read_text(encoding=encoding).splitlines() if ln.strip()]
-    except (UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path}: cannot be read as {encoding} text: {e}") from e
-    if not lines:
-        raise DataError(f"{path}: the file is empty (no pairs)")
-    first = lines[0]
-    if sep is None:
-        sep = next((c for c in ("::", "\t", ",", ";") if c in first), r"\s+")
-    fields = first.split() if sep == r"\s+" else [f.strip() for f in first.split(sep)]
-    if header == "infer":
-        folded = {f.casefold() for f in fields}
-        named = isinstance(user_col, str) or isinstance(item_col, str)
-        header = named or (any(a in folded for a in aliases["user"]) and any(a in folded for a in aliases["item"]))
-    kw: dict[str, Any] = {"header": 0 if header else None, "dtype": str, "keep_default_na": False,
-                          "na_values": [""], "encoding": encoding, "skip_blank_lines": True}
-    if sep == "::" or (len(sep) > 1 and sep != r"\s+"):
-        kw["engine"] = "python"
-    try:
-        frame = pd.read_csv(path, sep=sep, **kw)
-    except (pd.errors.ParserError, ValueError) as e:
-        raise DataError(f"{path}: malformed line: {e}") from e
-    if not header:
-        frame.columns = list(range(frame.shape[1]))
-    if frame.shape[1] < 2:
-        raise DataError(f"{path}: a pairs file needs a user and an item column; found {frame.shape[1]} column(s) "
-                        f"with separator {sep!r} (set it with --sep)")
-    return frame.apply(lambda c: c.str.strip() if c.dtype == object else c)
 
 
 def example_ratings(n_users: int = 60, n_items: int = 80, density: float = 0.25, test_frac: float = 0.2,
