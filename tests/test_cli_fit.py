@@ -14,10 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from glocalk.cli import app as cli
 from glocalk.cli import fit as cli_fit
 from glocalk.cli.app import build_parser, main
+from glocalk.data import splits
+from glocalk.data.readers import read_ratings
 from glocalk.estimator import GLocalKRecommender, example_ratings
 
 TINY = ["--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",
@@ -205,6 +208,74 @@ def test_out_is_protected(files, capsys, tmp_path, model_dir):
     (other / "thesis.tex").write_text("...")
     code, _, err = run(capsys, "fit", files["train"], *TINY, "--force", "--out", other)
     assert code == 2 and "not a glocalk model directory" in err and (other / "thesis.tex").exists()
+
+
+def _write_foreign(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_force_replaces_a_model_directory_and_nothing_else(files, capsys, tmp_path):
+    # Defect 4: --force (and --split kfold --no-refit) used to delete every file in --out, even the ratings.
+    out = tmp_path / "m"
+    assert run(capsys, "fit", files["train"], *TINY, "--out", out)[0] == 0
+    ratings = out / "ratings.csv"
+    ratings.write_bytes(files["train"].read_bytes())  # the user keeps the training file beside the model
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for extra in ([], ["--split", "kfold", "--folds", "2", "--no-refit"]):
+        code, _, err = run(capsys, "fit", ratings, *extra, *TINY, "--force", "--out", out)
+        assert code == 2 and "is not a glocalk model directory" in err and "ratings.csv" in err, err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "nothing in --out may change"
+    # A model directory holding only what glocalk wrote is replaced, either way round.
+    ratings.unlink()
+    assert run(capsys, "fit", files["train"], "--split", "kfold", "--folds", "2", "--no-refit", *TINY, "--force",
+               "--out", out)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    assert run(capsys, "fit", files["train"], *TINY, "--force", "--out", out)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "report.json", "weights.safetensors"]
+
+
+def test_a_state_folder_that_is_not_ours_is_kept(files, capsys, tmp_path):
+    out = tmp_path / "m"
+    cli_fit.partial_dir(out).mkdir()
+    mine = _write_foreign(cli_fit.partial_dir(out), "notes.txt", "mine")
+    code, _, err = run(capsys, "fit", files["train"], *TINY, "--out", out)
+    assert code == 2 and "notes.txt" in err and mine.read_text() == "mine"
+
+
+def test_split_clips_to_the_training_ratings_range(files, capsys, tmp_path):
+    # Defect 6: with --split, the clip range is the min..max of the TRAINING part, not of all ratings.
+    ratings = pd.read_csv(files["all"])
+    ratings["rating"] = ratings["rating"].clip(1, 4)
+    # The rows the command's split draws (same size and seed: the same rows).
+    test_rows = splits.random_holdout(read_ratings(ratings), 0.2, 7, return_indices=True)[1]
+    ratings.loc[test_rows[0], "rating"] = 5.0  # the only 5 is a test rating
+    path = tmp_path / "r.csv"
+    ratings.to_csv(path, index=False)
+    out = tmp_path / "m"
+    code, _, err = run(capsys, "fit", path, "--split", "random", "--test-frac", "0.2", "--split-seed", "7", *TINY,
+                       "--out", out)
+    assert code == 0, err
+    model = GLocalKRecommender.load(out)
+    assert model.rating_scale_ == (1.0, 4.0)
+    assert model.predict(ratings["user"], ratings["item"]).max() <= 4.0
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"]["n_test"] == len(test_rows) and report["metrics"]["n_rated"] > 0
+
+
+def test_nan_predictions_reach_the_user(model_dir, files, capsys, tmp_path):
+    # Defect 1: NaN predictions were counted as "unknown ids" (skipped), even with --unknown error.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(str(broken / "weights.safetensors"))
+    tensors["member0.out.b"][:] = float("nan")
+    save_file(tensors, str(broken / "weights.safetensors"))
+    for unknown in ("error", "skip"):
+        code, out, err = run(capsys, "evaluate", broken, files["test"], "--unknown", unknown)
+        assert code == 2 and f"glocalk: error: the model in {broken} gives NaN" in err and "skipped" not in out
 
 
 def test_headerless_double_colon_and_parquet(files, capsys, tmp_path):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from glocalk.compare.validation import cross_validate
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import read_ratings, to_rating_matrix
-from glocalk.errors import CheckpointError, DataError
+from glocalk.errors import CheckpointError, DataError, TrainingError
 from glocalk.estimator import GLocalKRecommender, example_ratings
 
 # Tiny settings: the suite runs on 2 shared cores.
@@ -197,17 +198,6 @@ def test_rating_matrix_input(data):
     assert isinstance(model.item_ids_[0], str)
 
 
-def test_cross_validate(data):
-    train, _ = data
-    cv = cross_validate(GLocalKRecommender(**TINY), train, folds=3, seed=0)
-    assert cv["folds"] == 3 and len(cv["per_fold"]) == 3
-    assert sum(f["n_test"] for f in cv["per_fold"]) == len(train)
-    for key in ("rmse", "mae", "ndcg"):
-        values = [f[key] for f in cv["per_fold"]]
-        assert cv["mean"][key] == pytest.approx(np.mean(values))
-        assert cv["std"][key] == pytest.approx(np.std(values, ddof=1))
-
-
 def test_params_and_clone():
     model = GLocalKRecommender(n_hid=16, val_frac=0.2, seed=[1, 2])
     assert model.get_params()["n_hid"] == 16 and model.clone().get_params() == model.get_params()
@@ -290,3 +280,81 @@ def test_rating_matrix_roundtrip_keeps_validation(tmp_path, data):
     loaded = GLocalKRecommender.load(tmp_path / "m")
     assert loaded.model_.seen.nnz == rm.train.nnz + rm.val.nnz
     assert np.array_equal(loaded.scorer_.factors[0][0], model.scorer_.factors[0][0])
+
+
+# -- defect 1: a NaN prediction is an error naming the model, never a skipped pair --------------------
+
+
+def test_nan_predictions_are_an_error_naming_the_model(tmp_path, fitted, data):
+    _, test = data
+    saved = fitted.save(tmp_path / "m")
+    tensors = load_file(str(saved / "weights.safetensors"))
+    u = int(np.flatnonzero(fitted.user_ids_ == test["user"].iloc[0])[0])
+    tensors["member0.out.b"][u] = float("nan")  # every prediction for that user becomes NaN
+    save_file(tensors, str(saved / "weights.safetensors"))
+    model = GLocalKRecommender.load(saved)
+    for unknown in ("skip", "error", "baseline"):
+        with pytest.raises(CheckpointError, match=f"the model in {saved} gives NaN or infinite predictions"):
+            model.evaluate(test, unknown=unknown)
+    with pytest.raises(CheckpointError, match=f"{saved}.*first: user {test['user'].iloc[0]!r}"):
+        model.predict(test["user"], test["item"])
+    with pytest.raises(CheckpointError, match=str(saved)):
+        model.recommend(test["user"].iloc[0])
+    # In memory (no directory), the same: the fitted model is named.
+    broken = copy.copy(fitted)
+    broken.scorer_ = copy.copy(fitted.scorer_)
+    broken.scorer_.factors = [(h, w, np.full_like(b, np.nan)) for h, w, b in fitted.scorer_.factors]
+    with pytest.raises(TrainingError, match="the fitted model gives NaN"):
+        broken.evaluate(test)
+
+
+# -- defect 5: metrics in the user's units, whatever the scale -------------------------------------------
+
+
+def _ndcg_by_hand(users, pred, truth) -> float:
+    """The paper's NDCG written as plainly as possible: per user (>= 2 ratings), sort by prediction."""
+    scores = []
+    for user in dict.fromkeys(users):
+        rows = [k for k, x in enumerate(users) if x == user]
+        if len(rows) < 2:
+            continue
+        def dcg(order):
+            return sum((2.0 ** truth[k] - 1) / np.log2(rank + 2) for rank, k in enumerate(order))
+        by_pred = sorted(rows, key=lambda k: -pred[k])  # ties: row order (the items are distinct floats here)
+        ideal = sorted(rows, key=lambda k: -truth[k])
+        scores.append(dcg(by_pred) / dcg(ideal))
+    return float(np.mean(scores))
+
+
+def test_ndcg_is_in_the_users_units_on_a_0_to_10_scale(data):
+    # 0..10 is stored shifted by 1 inside; NDCG's gains 2^r - 1 must use the user's r.
+    train, test = data
+    to_ten = {1.0: 0.0, 2.0: 2.5, 3.0: 5.0, 4.0: 7.5, 5.0: 10.0}
+    train, test = (df.assign(rating=df["rating"].map(to_ten)) for df in (train, test))
+    model = GLocalKRecommender(**TINY).fit(train, test=test)
+    assert model.offset_ == 1.0 and model.rating_scale_ == (0.0, 10.0)
+    pred = model.predict(test["user"], test["item"])
+    truth = test["rating"].to_numpy()
+    expected = _ndcg_by_hand(list(test["user"]), pred, truth)
+    assert model.metrics_["ndcg"] == pytest.approx(expected, rel=1e-9)
+    assert model.metrics_["rmse"] == pytest.approx(np.sqrt(np.mean((pred - truth) ** 2)), rel=1e-9)
+    shifted = _ndcg_by_hand(list(test["user"]), pred + 1, truth + 1)
+    assert abs(shifted - expected) > 1e-4, "test setup: the shift must change NDCG for this test to mean anything"
+
+
+# -- model directories written before the restructure still load ------------------------------------------
+
+LEGACY = Path(__file__).parent / "data"
+
+
+def test_a_model_directory_written_before_issue_9_loads_and_predicts_the_same():
+    # Written by glocalk at commit 651c8e6 (before estimator.py was split), with its predict/recommend output.
+    model = GLocalKRecommender.load(LEGACY / "model-before-issue-9")
+    outputs = LEGACY / "model-before-issue-9-outputs"
+    pairs = pd.read_csv(outputs / "pairs.csv")
+    expected = pd.read_csv(outputs / "predict.csv")
+    np.testing.assert_allclose(model.predict(pairs["user"], pairs["item"]), expected["prediction"], rtol=1e-6)
+    rec = pd.read_csv(outputs / "recommend.csv")
+    got = model.recommend("u001", 3)
+    assert list(got["item"]) == list(rec["item"])
+    np.testing.assert_allclose(got["score"], rec["score"], rtol=1e-6)

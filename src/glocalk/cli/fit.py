@@ -209,6 +209,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add fit, evaluate, predict and recommend to the ``glocalk`` sub-command parser."""
+    _register_fit(sub)
+    _register_serving(sub)
+
+
+def _register_fit(sub) -> None:
     from glocalk.cli.app import _add_training_options  # see cmd_fit
 
     p = sub.add_parser(
@@ -249,15 +254,19 @@ def register(sub) -> None:
                    help="train one model per --seed and predict with the mean of their predictions; with one "
                         "seed S, --ensemble N uses seeds S..S+N-1")
     m.add_argument("--rating-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
-                   help="the rating scale; ratings outside it are an error (default: the observed min and max)")
+                   help="the rating scale predictions are clipped to; ratings outside it are an error (default: the "
+                        "min and max of the training ratings)")
     _add_reader_options(p)
     _add_training_options(p)
     p.set_defaults(func=_handles_errors(cmd_fit))
 
+
+def _register_serving(sub) -> None:
     p = sub.add_parser("evaluate", help="RMSE, MAE and NDCG of a saved model on a test file",
                        description="Evaluate the model in MODEL_DIR on TEST_FILE (same formats as fit; ratings must "
-                                   "lie in the model's rating scale). Predictions are clipped to the scale; NDCG "
-                                   "is the paper's (per user with >= 2 test ratings, averaged).")
+                                   "lie in the --rating-scale given to fit, if one was). Predictions are clipped "
+                                   "to the training ratings' range; metrics are in the file's units; NDCG is the "
+                                   "paper's (per user with >= 2 test ratings, averaged).")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by glocalk fit")
     p.add_argument("test_file", metavar="TEST_FILE", help="ratings to evaluate on")
     p.add_argument("--unknown", choices=["skip", "error", "baseline"], default="skip",
