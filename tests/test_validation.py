@@ -86,3 +86,13 @@ def test_fit_and_report_writes_the_model_and_report(train, tmp_path):
     with pytest.raises(OutputError, match=r"not a glocalk model directory.*r\.csv"):
         fit_and_report(GLocalKRecommender(**TINY), FitConfig(ratings=inside, out=tmp_path / "m", force=True))
     assert inside.read_bytes() == path.read_bytes()
+
+
+def test_the_estimators_duplicates_policy_reads_the_files(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("user,item,rating\na,x,1\nb,x,4\na,y,2\na,x,3\nb,y,5\nc,y,1\nc,x,2\n")
+    est = GLocalKRecommender(duplicates="mean", **TINY)
+    result = fit_and_report(est, FitConfig(ratings=path, out=tmp_path / "m"))
+    assert result.report["n_ratings"] == 6 and result.model.model_.seen[0, 0] == 2.0  # item x, user a: mean
+    cv = cross_validate(est, path, folds=2, seed=0)
+    assert sum(f["n_test"] for f in cv["per_fold"]) == 6

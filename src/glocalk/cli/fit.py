@@ -16,7 +16,7 @@ import pandas as pd
 
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
 from glocalk.data.readers import Ratings, read_pairs, read_users
-from glocalk.errors import CheckpointError, DataError, OutputError
+from glocalk.errors import DataError, GlocalkError
 from glocalk.estimator import GLocalKRecommender
 from glocalk.presets import PRESETS
 from glocalk.store import write_atomic, write_json_atomic
@@ -76,17 +76,17 @@ def _reader_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _handles_errors(func):
-    """Turn parameter errors (ValueError, ConfigError) and OutputError into 'glocalk: error:' messages.
+    """Turn plain ValueErrors (the estimator's parameter checks) into 'glocalk: error:' messages.
 
-    DataError and CheckpointError are reported by ``cli.main`` itself.
+    glocalk's own errors (GlocalkError) are reported by ``cli.app.main``, the one error mapping.
     """
     @functools.wraps(func)
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (DataError, CheckpointError):
+        except GlocalkError:
             raise
-        except (ValueError, OutputError) as e:
+        except ValueError as e:
             print(f"glocalk: error: {e}", file=sys.stderr)
             return 2
     return wrapper

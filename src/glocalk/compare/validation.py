@@ -53,6 +53,11 @@ def training_part(train: Ratings, estimator: Any) -> Ratings:
     return Ratings(train.df, source=train.source)
 
 
+def _read_options(estimator: Any, options: dict | None) -> dict:
+    """``readers.read_ratings`` keywords: the estimator's duplicates policy unless ``options`` name one."""
+    return {"duplicates": estimator.duplicates, **(options or {})}
+
+
 # -- cross-validation ----------------------------------------------------------------------------
 
 
@@ -70,8 +75,7 @@ def cross_validate(estimator: Any, data: Any, folds: int = 5, seed: int = 0, *,
     "mean": {...}, "std": {...}}`` (std with ddof=1 over the folds; NaN NDCGs are left out of
     its mean and std).
     """
-    ratings = read_ratings(data, rating_scale=estimator.rating_scale, duplicates=estimator.duplicates,
-                           **(read_options or {}))
+    ratings = read_ratings(data, rating_scale=estimator.rating_scale, **_read_options(estimator, read_options))
     per_fold = []
     for k, (train, test) in enumerate(splits.kfold(ratings, folds, seed), start=1):
         callback = None if on_epoch is None else (lambda s, rec, k=k: on_epoch(k, s, rec))
@@ -156,7 +160,8 @@ def fit_and_report(estimator: Any, config: FitConfig, *, on_epoch: OnEpoch | Non
     out, state = Path(config.out), partial_dir(config.out)
     _prepare_out(out, state, config)
     t0 = time.perf_counter()
-    ratings = read_ratings(config.ratings, rating_scale=estimator.rating_scale, **config.read_options)
+    ratings = read_ratings(config.ratings, rating_scale=estimator.rating_scale,
+                           **_read_options(estimator, config.read_options))
     if on_ratings is not None:
         on_ratings(ratings)
     seeds = estimator.seeds()
@@ -210,7 +215,8 @@ def _evaluation_data(estimator: Any, ratings: Ratings, config: FitConfig, split_
                            "n_train": len(train), "n_test": len(test)}
         return training_part(train, estimator), test
     if config.test is not None:
-        test = read_ratings(config.test, rating_scale=estimator.rating_scale, **config.read_options)
+        test = read_ratings(config.test, rating_scale=estimator.rating_scale,
+                            **_read_options(estimator, config.read_options))
         report["split"] = {"kind": "file", "test": str(config.test), "n_test": len(test)}
         return ratings, test
     return ratings, None
