@@ -145,7 +145,10 @@ def test_unwritable_output_is_a_message_naming_the_path(fake_dataset, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("glocalk: error: ") and str(tmp_path) in err and "Traceback" not in err
     if make_out is _under_a_file:
+        assert f"{out}: Not a directory (a part of the path is a file, not a folder)" in err
         assert (tmp_path / "file").read_text() == "mine"  # never touched
+    if make_out is _summary_is_a_folder:
+        assert f"{out / 'summary.json'}: Is a directory (a folder is there; give a file name)" in err
 
 
 def test_read_only_folder_is_a_message_naming_the_path(fake_dataset, tmp_path, capsys, monkeypatch):
