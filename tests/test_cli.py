@@ -92,6 +92,8 @@ def test_train_argument_errors(fake_dataset, tmp_path, capsys):
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert "no summary.json" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "nothing to report: give run folders" in capsys.readouterr().err
 
 
 def _epoch_log(path):
