@@ -15,7 +15,8 @@ import time
 import torch
 
 from glocalk.data.datasets import load_dataset
-from glocalk.model import GLocalK, prepare_input
+from glocalk.inputs import prepare_input
+from glocalk.model import GLocalK
 from glocalk.presets import preset, split_config
 
 

@@ -131,7 +131,8 @@ def _worker_passes(spec: dict) -> dict:
     """Time loss + gradient of the requested stages on one dataset and path."""
     import torch
 
-    from glocalk.model import GLocalK, prepare_input
+    from glocalk.inputs import prepare_input
+    from glocalk.model import GLocalK
     from glocalk.presets import preset, split_config
     from glocalk.train import _assign, _flat
 
