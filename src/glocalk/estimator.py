@@ -49,8 +49,9 @@ from glocalk.data.matrix import RatingMatrix
 from glocalk.data.matrix import _as_csr as _csr  # float32, explicit zeros removed, sorted
 from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
 from glocalk.errors import CheckpointError, DataError
+from glocalk.inputs import choose_execution, prepare_input
 from glocalk.metrics import evaluate as evaluate_metrics
-from glocalk.model import GLocalK, prepare_input
+from glocalk.model import GLocalK
 from glocalk.presets import MODEL_KEYS, preset, split_config
 from glocalk.store import load_dir, save_dir
 from glocalk.train import Trainer
@@ -612,9 +613,7 @@ def _model_with(state: dict[str, torch.Tensor], shape: tuple[int, int], config: 
 
 
 def _serving_path(m: sp.csr_matrix, requested: str) -> str:
-    from glocalk.train import choose_path
-
-    return choose_path(m.shape, m.nnz, requested)
+    return choose_execution(m.shape, m.nnz, requested)
 
 
 # -- restoring a saved model -----------------------------------------------------------------
