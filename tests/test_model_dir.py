@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from glocalk.data.synthetic import example_ratings
 from glocalk.errors import CheckpointError
-from glocalk.estimator import GLocalKRecommender, example_ratings
+from glocalk.estimator import GLocalKRecommender
 from glocalk.model_dir import load_model
 
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)

@@ -127,6 +127,66 @@ def test_render_only_without_results_names_the_file(perf, tmp_path):
         perf["run"].main(["--render-only", "--out", str(tmp_path / "PERFORMANCE.md")])
 
 
+def passes_spec(path: str) -> dict:
+    synthetic = {"n_items": 30, "n_users": 40, "n_ratings": 400, "test_frac": 0.1, "seed": 0}
+    return {"kind": "passes", "device": "cpu", "threads": None, "seed": 1, "data_dir": None, "optimizer": "scipy",
+            "synthetic": synthetic, "preset": "ml-1m", "path": path, "stages": [1, 2], "reps": 2, "warmup": 0}
+
+
+def worker_result(perf, capsys, spec: dict) -> dict:
+    with torch.random.fork_rng():
+        perf["workers"].worker_main(spec)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("@@RESULT@@ ")]
+    assert len(lines) == 1
+    return json.loads(lines[0].removeprefix("@@RESULT@@ "))
+
+
+def test_passes_worker_reports_the_format_and_equal_losses_on_both_paths(perf, capsys, one_torch_thread):
+    sparse = worker_result(perf, capsys, passes_spec("sparse"))
+    dense = worker_result(perf, capsys, passes_spec("dense"))
+    assert set(sparse) == {"shape", "nnz", "load_s", "prepare_s", "rss_import_mb", "rss_setup_mb", "threads",
+                           "loadavg_start", "stages", "conv_nnz", "conv_dense", "loadavg_end"}
+    assert sparse["shape"] == [30, 40] and set(dense) == set(sparse) - {"conv_nnz", "conv_dense"}
+    for stage in ("1", "2"):
+        rec = sparse["stages"][stage]
+        assert set(rec) == {"times_s", "median_s", "min_s", "loss", "grad_norm", "lbfgs_io_s", "peak_rss_mb"}
+        assert len(rec["times_s"]) == 2 and rec["min_s"] == min(rec["times_s"]) > 0
+        # same seed, same weights, same mathematics: the two paths agree to float32 precision
+        assert rec["loss"] == pytest.approx(dense["stages"][stage]["loss"], rel=1e-5)
+        assert rec["grad_norm"] == pytest.approx(dense["stages"][stage]["grad_norm"], rel=1e-4)
+
+
+def reused_run(tmp_path: Path, hyperparameters: dict) -> Path:
+    """A finished ``glocalk train`` folder: summary.json and seed-1/epochs.jsonl, 2 evaluations per
+    stage-1 epoch (0.5 s), 3 per stage-2 epoch (0.25 s), 0.1 s evaluation each."""
+    p, f = hyperparameters["epoch_p"], hyperparameters["epoch_f"]
+    epochs = [{"epoch": i, "stage": 1, "nfev": 2, "seconds": 0.5, "eval_seconds": 0.1} for i in range(p)]
+    epochs += [{"epoch": p + i, "stage": 2, "nfev": 3, "seconds": 0.25, "eval_seconds": 0.1} for i in range(f)]
+    (tmp_path / "seed-1").mkdir()
+    (tmp_path / "seed-1" / "epochs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    run = {"seed": 1, "path": "sparse", "wall_time_s": 50.0, "train_time_s": 45.0, "best": {"rmse": 0.9},
+           "final": {"rmse": 0.91}, "epoch_log": "seed-1/epochs.jsonl"}
+    summary = {"dataset": "ml-100k", "hyperparameters": hyperparameters, "device": "cpu", "runs": [run]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    return tmp_path
+
+
+def test_reused_run_sums_its_epoch_log(perf, tmp_path):
+    hp = {**perf["sections"].preset("ml-100k"), "device": "cpu"}
+    rec = perf["sections"].load_reused(str(reused_run(tmp_path, hp)), "ml-100k", "sparse", 1, "cpu")
+    p, f = hp["epoch_p"], hp["epoch_f"]
+    assert rec["nfev"] == {"1": 2 * p, "2": 3 * f} and rec["epochs"] == p + f
+    assert rec["opt_s"] == {"1": pytest.approx(0.5 * p), "2": pytest.approx(0.25 * f)}
+    assert rec["eval_s"] == pytest.approx(0.1 * (p + f)) and rec["setup_s"] == pytest.approx(5.0)
+    assert rec["source"].startswith(f"reused: {tmp_path / 'summary.json'} (seed 1,")
+
+
+def test_reused_run_with_other_hyperparameters_is_refused(perf, tmp_path):
+    hp = {**perf["sections"].preset("ml-100k"), "device": "cpu", "n_hid": 7}
+    with pytest.raises(SystemExit, match="summary.json did not use the paper preset.*n_hid"):
+        perf["sections"].load_reused(str(reused_run(tmp_path, hp)), "ml-100k", "sparse", 1, "cpu")
+
+
 def test_host_round_trip_copies_parameters_exactly(perf):
     w = perf["workers"]
     params = [torch.nn.Parameter(torch.tensor([[1.5, -2.0], [0.25, 3.0]])), torch.nn.Parameter(torch.tensor([7.0]))]

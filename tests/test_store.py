@@ -89,8 +89,9 @@ def test_replace_dir_of_a_file_or_under_a_file(tmp_path):
     (tmp_path / "f").write_text("mine")
     with pytest.raises(OutputError, match="not a directory"):
         replace_dir(tmp_path / "f", lambda tmp: None, {"x"})
-    with pytest.raises(OutputError, match="cannot write"):
+    with pytest.raises(OSError) as e:  # the system's error, naming the path (the CLI maps it to a message)
         replace_dir(tmp_path / "f" / "sub", lambda tmp: None, {"x"})
+    assert str(tmp_path / "f") in str(e.value)
     assert (tmp_path / "f").read_text() == "mine"
 
 
@@ -107,9 +108,10 @@ def test_write_atomic_file(tmp_path):
         write_atomic(target, crash)
     assert json.loads(target.read_text()) == {"a": [0, 1], "p": "/x"}, "a failed write keeps the old file"
     assert [p.name for p in target.parent.iterdir()] == ["r.json"], "no temporary file is left"
-    with pytest.raises(OutputError, match="is a directory"):
+    with pytest.raises(IsADirectoryError) as e:
         write_json_atomic(tmp_path / "out", {})
-    with pytest.raises(OutputError, match="cannot write"):
+    assert e.value.filename2 == str(tmp_path / "out") and [p.name for p in target.parent.iterdir()] == ["r.json"]
+    with pytest.raises(OSError):
         write_json_atomic(target / "under-a-file.json", {})
 
 

@@ -11,8 +11,9 @@ import torch
 from glocalk.compare.validation import FitConfig, cross_validate, fit_and_report, training_part
 from glocalk.data import splits
 from glocalk.data.readers import read_ratings
+from glocalk.data.synthetic import example_ratings
 from glocalk.errors import ConfigError, OutputError
-from glocalk.estimator import GLocalKRecommender, example_ratings
+from glocalk.estimator import GLocalKRecommender
 
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)
 

@@ -50,13 +50,14 @@ import torch
 from glocalk.baselines import entries, fit_biases
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
-from glocalk.errors import CheckpointError, DataError, TrainingError
+from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
+from glocalk.inputs import choose_execution, prepare_input
 from glocalk.metrics import evaluate as evaluate_metrics
-from glocalk.model import GLocalK, GLocalKConfig, prepare_input
+from glocalk.model import GLocalK, GLocalKConfig
 from glocalk.model_dir import Member, SavedModel, fingerprint, load_model, save_model
 from glocalk.presets import MODEL_KEYS, preset, split_config
 from glocalk.store import load_dir, save_dir
-from glocalk.train import Trainer, choose_path
+from glocalk.train import Trainer
 
 UNKNOWN_POLICIES = ("error", "baseline")
 DUPLICATE_POLICIES = ("error", "last", "first", "mean")
@@ -99,7 +100,7 @@ class Scorer:
 
     def __init__(self, model: SavedModel) -> None:
         config, _ = split_config({k: v for k, v in model.hyperparameters.items() if k != "seed"})
-        self.path = model.path or choose_path(model.input.shape, model.input.nnz,
+        self.path = model.path or choose_execution(model.input.shape, model.input.nnz,
                                               model.hyperparameters.get("path", "auto"))
         data = prepare_input(model.input, self.path == "sparse", config.gk_size, "cpu")
         self.factors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -146,7 +147,7 @@ def _check_weights(model: SavedModel, path: Path) -> None:
     where = path / "model.json"
     try:
         config, _ = split_config({k: v for k, v in model.hyperparameters.items() if k != "seed"})
-    except KeyError as e:
+    except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{where}: incompatible hyperparameters: {e.args[0]}") from e
     with torch.device("meta"):
         net = GLocalK(model.input.shape[0], model.input.shape[1], config)
@@ -563,31 +564,6 @@ _DEFAULTS = {"preset": "ml-100k", "seed": 1, "n_ensemble": None, "val_frac": Non
 
 
 # -- pair files and example data ---------------------------------------------------------------
-
-
-def example_ratings(n_users: int = 60, n_items: int = 80, density: float = 0.25, test_frac: float = 0.2,
-                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A small synthetic ratings set as (train, test) DataFrames of user, item, rating, timestamp.
-
-    ``synthetic.make_ratings`` (a rank-2 signal plus noise, uniform popularity, 1..5 stars) with
-    string ids (``u001``, ``m0001``) and distinct timestamps; the test part keeps only ratings whose
-    user and item occur in the training part. Used by the README's own-data walk-through and the tests.
-    """
-    from glocalk.data.synthetic import make_ratings
-
-    m = make_ratings(n_users, n_items, int(round(density * n_users * n_items)), rank=2, noise=0.2,
-                     zipf_items=0.0, zipf_users=0.0, test_frac=test_frac, seed=seed)
-    rng = np.random.default_rng(seed)
-    frames = []
-    for split in (m.train, m.test):
-        coo = split.tocoo()
-        frames.append(pd.DataFrame({"user": [f"u{u + 1:03d}" for u in coo.col],
-                                    "item": [f"m{i + 1:04d}" for i in coo.row], "rating": coo.data.astype(float)}))
-    stamps = 1_700_000_000 + 60 * rng.permutation(len(frames[0]) + len(frames[1]))
-    train, test = (f.assign(timestamp=t).sort_values(["user", "item"], ignore_index=True)
-                   for f, t in zip(frames, np.split(stamps, [len(frames[0])]), strict=True))
-    known = test["user"].isin(train["user"]) & test["item"].isin(train["item"])
-    return train, test[known].reset_index(drop=True)
 
 
 # -- training one member ---------------------------------------------------------------------

@@ -41,17 +41,12 @@ FORMAT_VERSION = 1
 
 def write_atomic(path: str | Path, fill: Callable[[Path], object]) -> Path:
     """Write file ``path`` atomically: ``fill(tmp)`` writes a temporary sibling, which is synced
-    and renamed over ``path``. Raises OutputError when ``path`` cannot be written."""
+    and renamed over ``path``. An unwritable path raises the system's OSError, which names it."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp: its file is private (0600); open(..., "x") keeps the user's umask.
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-        open(tmp, "x").close()
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its file is private (0600); open(..., "x") keeps the user's umask.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    open(tmp, "x").close()
     try:
         fill(tmp)
         _fsync(tmp)
@@ -92,15 +87,13 @@ def replace_dir(path: str | Path, fill: Callable[[Path], object], owned: Collect
     """Make directory ``path`` hold exactly what ``fill(tmp)`` writes into a temporary sibling, atomically.
 
     An existing ``path`` is replaced only when every entry in it is named in ``owned`` (else
-    OutputError, and nothing is touched); the new files must be named in ``owned`` too.
+    OutputError, and nothing is touched); the new files must be named in ``owned`` too. An
+    unwritable path raises the system's OSError, which names it.
     """
     path = Path(path)
     check_replaceable(path, owned, what)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         fill(tmp)
         stray = foreign_entries(tmp, owned)
