@@ -100,9 +100,9 @@ class Scorer:
 
     def __init__(self, model: SavedModel) -> None:
         config, _ = split_config({k: v for k, v in model.hyperparameters.items() if k != "seed"})
-        self.path = model.path or choose_execution(model.input.shape, model.input.nnz,
-                                              model.hyperparameters.get("path", "auto"))
-        data = prepare_input(model.input, self.path == "sparse", config.gk_size, "cpu")
+        requested = model.hyperparameters.get("path", "auto")
+        self.execution = model.execution or choose_execution(model.input.shape, model.input.nnz, requested)
+        data = prepare_input(model.input, self.execution == "sparse", config.gk_size, "cpu")
         self.factors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for m in model.members:
             net = _model_with(m.state, model.input.shape, config)
@@ -328,7 +328,7 @@ class GLocalKRecommender:
         self._install(SavedModel(
             input=fit_data.train, val=val, item_ids=prep.item_ids, user_ids=prep.user_ids,
             rating_scale=prep.rating_scale, offset=prep.offset, hyperparameters=params, members=members,
-            path=members[0].history[-1].get("path") if members[0].history else None))
+            execution=members[0].history[-1].get("path") if members[0].history else None))
         self._source = None
         self.metrics_ = None
         if prep.test is not None:
@@ -338,7 +338,7 @@ class GLocalKRecommender:
     def _install(self, model: SavedModel) -> None:
         """Set the fitted attributes and build the scoring core."""
         self.scorer_ = Scorer(model)
-        self.model_ = replace(model, path=self.scorer_.path)
+        self.model_ = replace(model, execution=self.scorer_.execution)
         seen = model.seen
         self._seen_t = seen.T.tocsr()  # (n_users, n_items): each user's rated items
         self.fingerprint_ = fingerprint(seen)

@@ -34,7 +34,7 @@ from glocalk.store import load_dir, save_dir, versions
 MODEL_KIND = "glocalk-model"
 # Hyperparameters that fix the shapes of the weights: required in model.json.
 SHAPE_KEYS = ("n_hid", "n_dim", "n_layers", "gk_size")
-PATHS = ("dense", "sparse")
+EXECUTIONS = ("dense", "sparse")  # model.json's "path"
 
 
 @dataclass
@@ -61,7 +61,7 @@ class SavedModel:
     hyperparameters: dict  # the flat training parameters (presets.split_config reads them)
     members: list[Member]
     estimator: dict = field(default_factory=dict)  # the estimator's constructor arguments
-    path: str | None = None  # dense or sparse maths when serving
+    execution: str | None = None  # "dense" or "sparse" maths when serving (model.json's "path")
     metrics: dict | None = None
 
     @property
@@ -103,7 +103,7 @@ def save_model(path: str | Path, model: SavedModel, extra_files: dict[str, str] 
         "item_ids": _ids_to_json(model.item_ids), "user_ids": _ids_to_json(model.user_ids),
         "item_id_type": _id_type(model.item_ids), "user_id_type": _id_type(model.user_ids),
         "rating_scale": list(model.rating_scale), "offset": model.offset,
-        "path": model.path,
+        "path": model.execution,
         "members": [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in model.members],
         "history": {str(m.seed): m.history for m in model.members},
         "fingerprint": fingerprint(model.seen),
@@ -175,16 +175,16 @@ def _read(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> SavedMode
     params = check_hyperparameters(meta["hyperparameters"], where)
     members = _members(meta, tensors, params, (n_items, n_users), path)
     scale, offset = _scale(meta, where)
-    path_kind = meta.get("path")
-    if path_kind is not None and path_kind not in PATHS:
-        raise CheckpointError(f"{where}: path must be one of {PATHS}, got {path_kind!r}")
+    execution = meta.get("path")
+    if execution is not None and execution not in EXECUTIONS:
+        raise CheckpointError(f"{where}: path must be one of {EXECUTIONS}, got {execution!r}")
     estimator = meta.get("estimator", {})
     metrics = meta.get("metrics")
     if not isinstance(estimator, dict) or not (metrics is None or isinstance(metrics, dict)):
         raise CheckpointError(f"{where}: estimator and metrics must be JSON objects")
     return SavedModel(input=input_m, val=val, item_ids=item_ids, user_ids=user_ids, rating_scale=scale,
                       offset=offset, hyperparameters=params, members=members, estimator=dict(estimator),
-                      path=path_kind, metrics=metrics)
+                      execution=execution, metrics=metrics)
 
 
 def _integer(obj: dict, key: str, where: Any, low: int = 0, label: str | None = None) -> int:
