@@ -8,6 +8,7 @@ import pickle
 import resource
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -230,3 +231,15 @@ def test_weights_of_another_shape_or_type_are_refused(saved):
     with pytest.raises(CheckpointError, match=r"missing or unexpected: \['out\.b'\]"):
         GLocalKRecommender.load(saved)
 
+
+
+def test_a_dense_execution_too_large_to_build_is_served_sparse(saved, fitted, data, monkeypatch):
+    # model.json's "path" cannot make loading build a dense matrix over the limit (1 GiB; 10 entries here).
+    _edit_meta(saved, path="dense")
+    dense = GLocalKRecommender.load(saved)
+    monkeypatch.setattr("glocalk.estimator.CONV_DENSE_MAX_ENTRIES", 10)
+    small = GLocalKRecommender.load(saved)
+    assert dense.scorer_.execution == "dense" and small.scorer_.execution == "sparse"
+    _, test = data
+    np.testing.assert_allclose(small.predict(test["user"], test["item"]), dense.predict(test["user"], test["item"]),
+                               rtol=0, atol=1e-5)

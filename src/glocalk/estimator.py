@@ -51,7 +51,7 @@ from glocalk.baselines import entries, fit_biases
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
-from glocalk.inputs import choose_execution, prepare_input
+from glocalk.inputs import CONV_DENSE_MAX_ENTRIES, choose_execution, prepare_input
 from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.model import GLocalK, GLocalKConfig
 from glocalk.model_dir import Member, SavedModel, fingerprint, load_model, save_model
@@ -102,6 +102,9 @@ class Scorer:
         config, _ = split_config({k: v for k, v in model.hyperparameters.items() if k != "seed"})
         requested = model.hyperparameters.get("path", "auto")
         self.execution = model.execution or choose_execution(model.input.shape, model.input.nnz, requested)
+        if self.execution == "dense" and model.input.shape[0] * model.input.shape[1] > CONV_DENSE_MAX_ENTRIES:
+            # Same maths either way; a dense matrix over 1 GiB is never built from a file's say-so.
+            self.execution = "sparse"
         data = prepare_input(model.input, self.execution == "sparse", config.gk_size, "cpu")
         self.factors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for m in model.members:
