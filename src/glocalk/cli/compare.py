@@ -11,6 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from glocalk.compare.harness import MODELS, QUICK_BASELINE_OPTIONS, QUICK_PARAMS, BenchmarkConfig, run_benchmark
+from glocalk.compare.tune import DEFAULT_PATIENCE, SEARCH_SPACE, TuneConfig, describe_space, tune
+from glocalk.data import datasets
+
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="a paper benchmark dataset: ml-100k, ml-1m or douban")
@@ -58,10 +62,7 @@ def _fmt(x) -> str:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from glocalk.compare.harness import run_benchmark
-    from glocalk.data.datasets import load_dataset
-
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     overrides = _overrides(args)
     if args.patience is not None:
         overrides["patience"] = args.patience
@@ -92,12 +93,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(data.summary(), file=sys.stderr)
         print(f"{len(args.models)} models x {len(args.seed)} seeds -> {out}", file=sys.stderr)
-    run_benchmark(data, args.models, args.seed, args.val_frac, out, overrides, dataset=args.dataset,
-                  ensemble=args.ensemble, baseline_options=baseline_options, device=args.device, quick=args.quick,
-                  resume=args.resume, plots=not args.no_plots, from_train=args.from_train,
-                  train=not args.tabulate_only,
-                  on_epoch=on_epoch, on_run=on_run,
-                  command=["glocalk", *sys.argv[1:]])
+    run_benchmark(data, BenchmarkConfig(
+        models=args.models, seeds=args.seed, val_frac=args.val_frac, out_dir=out, params_overrides=overrides,
+        dataset=args.dataset, ensemble=args.ensemble, baseline_options=baseline_options, device=args.device,
+        quick=args.quick, resume=args.resume, plots=not args.no_plots, from_train=args.from_train,
+        train=not args.tabulate_only, on_epoch=on_epoch, on_run=on_run, command=["glocalk", *sys.argv[1:]]))
     print((out / "table.md").read_text())
     written = ["results.json", "table.md"] + ([] if args.no_plots else ["curves.png", "bars.png"])
     print("written: " + ", ".join(str(out / f) for f in written))
@@ -109,10 +109,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from glocalk.cli.app import HYPERPARAMETERS
-    from glocalk.compare.tune import SEARCH_SPACE, describe_space, tune
-    from glocalk.data.datasets import load_dataset
 
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     fixed = _overrides(args)
     space = {k: v for k, v in SEARCH_SPACE.items() if k not in fixed}
     out = Path(args.out or f"runs/tune-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -132,10 +130,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     patience = None if args.patience is not None and args.patience <= 0 else args.patience
-    report = tune(data, args.trials, out, dataset=args.dataset, val_frac=args.val_frac, seed=args.seed,
-                  timeout=args.timeout, patience=patience, fixed=fixed, prune=not args.no_prune,
-                  preset_first=not args.no_preset_trial, device=args.device, command=["glocalk", *sys.argv[1:]],
-                  on_trial=on_trial)
+    report = tune(data, TuneConfig(
+        n_trials=args.trials, out_dir=out, dataset=args.dataset, val_frac=args.val_frac, seed=args.seed,
+        timeout=args.timeout, patience=patience, fixed=fixed, prune=not args.no_prune,
+        preset_first=not args.no_preset_trial, device=args.device, command=["glocalk", *sys.argv[1:]],
+        on_trial=on_trial))
     lines = [f"\nbest: trial {report['best_trial']} of {report['n_trials']} ({report['n_complete']} complete), "
              f"validation RMSE {report['best_val_rmse']:.4f}"]
     lines += [f"  {k} = {v}" for k, v in report["best_params"].items()]
@@ -155,9 +154,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the ``benchmark`` and ``tune`` subcommands to the ``glocalk`` parser."""
-    from glocalk.compare.harness import MODELS, QUICK_BASELINE_OPTIONS, QUICK_PARAMS
-    from glocalk.compare.tune import DEFAULT_PATIENCE, SEARCH_SPACE, describe_space
-
     p = sub.add_parser(
         "benchmark", help="compare GLocal-K, its ablations and baselines on the same splits",
         description="Train several models on the same validation splits (one per seed, drawn from the "
