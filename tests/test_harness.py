@@ -207,9 +207,9 @@ def test_shared_pretraining_equals_a_separate_pretraining_run(bench_run, data, t
     assert alone["val_selected"]["rmse"] == pytest.approx(shared["val_selected"]["rmse"], rel=1e-5)
 
 
-def test_interrupted_glocalk_run_continues_from_its_last_epoch(bench_run, data, tmp_path):
-    _, results = bench_run
-    uninterrupted = next(r for r in results["runs"] if r["model"] == "glocalk" and r["seed"] == SEEDS[0])
+def test_interrupted_glocalk_run_continues_from_its_last_epoch(data, tmp_path):
+    """The benchmark's side of resume (the runner's is tested in test_protocol.py): its state folder
+    is used, only the missing epoch is trained, and the state is removed once the run is recorded."""
 
     class Interrupt(Exception):
         pass
@@ -223,12 +223,8 @@ def test_interrupted_glocalk_run_continues_from_its_last_epoch(bench_run, data, 
     assert (tmp_path / "state" / f"glocalk-seed-{SEEDS[0]}").is_dir()
     trained = []
     resumed = benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False, resume=True,
-                            on_epoch=lambda m, s, rec: trained.append(rec["epoch"]))["runs"][0]
-    assert trained == [4]  # only the missing epoch was trained
-    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4]
-    for a, b in zip(resumed["history"], uninterrupted["history"], strict=True):
-        assert a["val_rmse"] == pytest.approx(b["val_rmse"], rel=1e-6)
-    assert resumed["val_selected"]["rmse"] == pytest.approx(uninterrupted["val_selected"]["rmse"], rel=1e-6)
+                        on_epoch=lambda m, s, rec: trained.append(rec["epoch"]))["runs"][0]
+    assert trained == [4] and [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4]
     assert not (tmp_path / "state").exists()  # cleaned up when done
 
 

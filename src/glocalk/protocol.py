@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -91,7 +91,6 @@ class RunRecord:
     (a resumed run restored past it has no weights of it left)."""
     finished_before: bool = False
     """True if the state was already finished: nothing was trained or restored into a trainer."""
-    epochs_trained: list[int] = field(default_factory=list)
 
 
 def saved_state(state_dir: str | Path) -> Path | None:
@@ -125,10 +124,8 @@ def train_run(data: RatingMatrix, model_config: GLocalKConfig, train_config: Tra
 def _train(trainer: Trainer, o: RunOptions, t0: float) -> RunRecord:
     log = _open_log(o.log_path, trainer.history)
     pretraining = _PretrainingSnapshot(trainer) if o.select_pretraining else None
-    trained: list[int] = []
 
     def after_epoch(rec: dict) -> None:
-        trained.append(rec["epoch"])
         if log is not None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -155,7 +152,7 @@ def _train(trainer: Trainer, o: RunOptions, t0: float) -> RunRecord:
         handed.test_predictions = _test_predictions(trainer, handed)
     record = RunRecord(history=list(result.history), best=result.best, final=result.final,
                        val_selected=result.val_selected, model=handed, path=result.path, seconds=result.seconds,
-                       wall_time_s=time.perf_counter() - t0, epochs_trained=trained)
+                       wall_time_s=time.perf_counter() - t0)
     if pretraining is not None:
         record.pretraining = pretraining.handed_over(o.predict_test)
     return record

@@ -154,6 +154,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the ``benchmark`` and ``tune`` subcommands to the ``glocalk`` parser."""
+    _register_benchmark(sub)
+    _register_tune(sub)
+
+
+def _register_benchmark(sub) -> None:
     p = sub.add_parser(
         "benchmark", help="compare GLocal-K, its ablations and baselines on the same splits",
         description="Train several models on the same validation splits (one per seed, drawn from the "
@@ -193,6 +198,8 @@ def register(sub) -> None:
     e.add_argument("--verbose", action="store_true", help="print every GLocal-K epoch")
     p.set_defaults(func=cmd_benchmark)
 
+
+def _register_tune(sub) -> None:
     space = "; ".join(f"{k}: {v}" for k, v in describe_space(SEARCH_SPACE).items())
     t = sub.add_parser(
         "tune", help="search GLocal-K's hyperparameters on a validation split (Optuna)",
