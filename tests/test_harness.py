@@ -218,14 +218,22 @@ def test_interrupted_glocalk_run_continues_from_its_last_epoch(data, tmp_path):
         if rec["epoch"] == 3:
             raise Interrupt
 
+    models = ["glocalk", "glocalk-pretrain"]
     with pytest.raises(Interrupt):
-        benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False, on_epoch=stop_after_epoch_3)
+        benchmark(data, models, SEEDS[:1], 0.1, tmp_path, TINY, plots=False, on_epoch=stop_after_epoch_3)
     assert (tmp_path / "state" / f"glocalk-seed-{SEEDS[0]}").is_dir()
     trained = []
-    resumed = benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False, resume=True,
-                        on_epoch=lambda m, s, rec: trained.append(rec["epoch"]))["runs"][0]
-    assert trained == [4] and [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4]
+    runs = benchmark(data, models, SEEDS[:1], 0.1, tmp_path, TINY, plots=False, resume=True,
+                     on_epoch=lambda m, s, rec: trained.append(rec["epoch"]))["runs"]
+    assert trained == [4] and [r["epoch"] for r in runs[0]["history"]] == [1, 2, 3, 4]
     assert not (tmp_path / "state").exists()  # cleaned up when done
+    # The derived pre-training run kept its selected weights across the interrupt: it has predictions.
+    pre = next(r for r in runs if r["model"] == "glocalk-pretrain")
+    items, users, truth = entries(data.test)
+    preds = np.load(tmp_path / "predictions" / f"glocalk-pretrain-seed-{SEEDS[0]}.npy")
+    assert pre["predictions"] is True
+    assert evaluate(preds, truth, users, items, data.rating_scale)["rmse"] == pytest.approx(
+        pre["val_selected"]["rmse"], rel=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["runner", "before-the-runner"])

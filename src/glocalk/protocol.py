@@ -6,10 +6,11 @@ The one on-disk layout of a run's resume state (``RunOptions.state_dir``)::
 
     STATE_DIR/last/            written after every epoch by store.save_dir (atomic: a crash leaves the
       weights.safetensors      previous epoch's folder, or ``.last.old`` between its two renames)
-        the model's weights, and ``selected.*``: the weights of the val-selected epoch so far
+        the model's weights, ``selected.*``: the weights of the val-selected epoch so far, and with
+        ``select_pretraining`` ``pretraining.*``: those of the val-selected pre-training epoch
       model.json
         kind "glocalk-training-state", epoch, history, path, model_config, train_config,
-        fingerprint, val_fingerprint, and finished: true once the run has ended
+        fingerprint, val_fingerprint, [pretraining_val_rmse], and finished: true once the run has ended
 
 A resumed run continues after the last saved epoch; a finished one is not re-entered (its record
 is rebuilt from the state). ``glocalk train`` states of earlier versions (the same folder without
@@ -41,6 +42,8 @@ from glocalk.train import TrainConfig, Trainer, check_identity, summarise, train
 PROTOCOLS = ("best", "final", "val_selected")
 METRICS = ("rmse", "mae", "ndcg")
 LAST = "last"
+SELECTED = "selected."  # tensors of the val-selected epoch (written by Trainer.state)
+PRE = "pretraining."  # tensors of the val-selected pre-training epoch (with select_pretraining)
 
 
 @dataclass
@@ -87,8 +90,8 @@ class RunRecord:
     wall_time_s: float
     """This call's wall time."""
     pretraining: HandedOver | None = None
-    """With ``select_pretraining``: the val-selected pre-training epoch, if it was trained in this call
-    (a resumed run restored past it has no weights of it left)."""
+    """With ``select_pretraining``: the val-selected pre-training epoch (None if the state it was resumed
+    from did not keep it, e.g. a ``glocalk train`` state)."""
     finished_before: bool = False
     """True if the state was already finished: nothing was trained or restored into a trainer."""
 
@@ -116,23 +119,26 @@ def train_run(data: RatingMatrix, model_config: GLocalKConfig, train_config: Tra
         _write_log(o.log_path, saved[1]["history"])
         return _finished_record(data, model_config, train_config, saved, o, t0)
     trainer = Trainer(data, model_config, train_config)
+    pretraining = _PretrainingSnapshot() if o.select_pretraining else None
     if saved is not None:
-        trainer.restore(*saved, source=str(found))
-    return _train(trainer, o, t0)
+        tensors, meta = saved
+        trainer.restore({k: v for k, v in tensors.items() if not k.startswith(PRE)}, meta, source=str(found))
+        if pretraining is not None:
+            pretraining.restore(tensors, meta)
+    return _train(trainer, o, t0, pretraining)
 
 
-def _train(trainer: Trainer, o: RunOptions, t0: float) -> RunRecord:
+def _train(trainer: Trainer, o: RunOptions, t0: float, pretraining: _PretrainingSnapshot | None) -> RunRecord:
     log = _open_log(o.log_path, trainer.history)
-    pretraining = _PretrainingSnapshot(trainer) if o.select_pretraining else None
 
     def after_epoch(rec: dict) -> None:
         if log is not None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if pretraining is not None:
-            pretraining.see(rec)
+            pretraining.see(rec, trainer.model)
         if o.state_dir is not None:
-            _save(trainer, o.state_dir, finished=False)
+            _save(trainer, o.state_dir, False, pretraining)
         if o.on_epoch is not None:
             o.on_epoch(rec)
 
@@ -146,16 +152,12 @@ def _train(trainer: Trainer, o: RunOptions, t0: float) -> RunRecord:
         if log is not None:
             log.close()
     if o.state_dir is not None:
-        _save(trainer, o.state_dir, finished=True)
+        _save(trainer, o.state_dir, True, pretraining)
     handed = _handed_over(result.history, result.val_selected, result.selected_state or result.model.state_dict())
-    if o.predict_test:
-        handed.test_predictions = _test_predictions(trainer, handed)
     record = RunRecord(history=list(result.history), best=result.best, final=result.final,
                        val_selected=result.val_selected, model=handed, path=result.path, seconds=result.seconds,
-                       wall_time_s=time.perf_counter() - t0)
-    if pretraining is not None:
-        record.pretraining = pretraining.handed_over(o.predict_test)
-    return record
+                       wall_time_s=0.0, pretraining=pretraining and pretraining.handed_over(result.history))
+    return _with_predictions(record, trainer, o, t0)
 
 
 def _finished_record(data: RatingMatrix, model_config: GLocalKConfig, train_config: TrainConfig,
@@ -163,14 +165,28 @@ def _finished_record(data: RatingMatrix, model_config: GLocalKConfig, train_conf
     tensors, meta = saved
     history = list(meta["history"])
     best, final, val_sel = summarise(history)
-    selected = {k[len("selected."):]: v for k, v in tensors.items() if k.startswith("selected.")}
-    weights = selected or {k: v for k, v in tensors.items() if not k.startswith("selected.")}
-    handed = _handed_over(history, val_sel, weights)
-    if o.predict_test:
-        handed.test_predictions = _test_predictions(Trainer(data, model_config, train_config), handed)
-    return RunRecord(history=history, best=best, final=final, val_selected=val_sel, model=handed,
-                     path=meta.get("path", ""), seconds=sum(r["seconds"] + r["eval_seconds"] for r in history),
-                     wall_time_s=time.perf_counter() - t0, finished_before=True)
+    selected = {k[len(SELECTED):]: v for k, v in tensors.items() if k.startswith(SELECTED)}
+    weights = selected or {k: v for k, v in tensors.items() if not k.startswith((SELECTED, PRE))}
+    pretraining = None
+    if o.select_pretraining:
+        pretraining = _PretrainingSnapshot()
+        pretraining.restore(tensors, meta)
+    record = RunRecord(history=history, best=best, final=final, val_selected=val_sel,
+                       model=_handed_over(history, val_sel, weights), path=meta.get("path", ""),
+                       seconds=sum(r["seconds"] + r["eval_seconds"] for r in history), wall_time_s=0.0,
+                       pretraining=pretraining and pretraining.handed_over(history), finished_before=True)
+    trainer = Trainer(data, model_config, train_config) if o.predict_test else None
+    return _with_predictions(record, trainer, o, t0)
+
+
+def _with_predictions(record: RunRecord, trainer: Trainer | None, o: RunOptions, t0: float) -> RunRecord:
+    """Add the handed-over models' test predictions (if asked) and the wall time."""
+    if o.predict_test and trainer is not None:
+        for handed in (record.model, record.pretraining):
+            if handed is not None:
+                handed.test_predictions = _test_predictions(trainer, handed)
+    record.wall_time_s = time.perf_counter() - t0
+    return record
 
 
 def _handed_over(history: list[dict], val_selected: dict | None, state: dict[str, torch.Tensor]) -> HandedOver:
@@ -187,31 +203,38 @@ def _test_predictions(trainer: Trainer, handed: HandedOver) -> np.ndarray | None
 
 
 class _PretrainingSnapshot:
-    """The weights of the pre-training epoch with the lowest validation RMSE seen while training."""
+    """The weights of the pre-training epoch with the lowest validation RMSE (kept in the state too)."""
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
+    def __init__(self) -> None:
         self.val_rmse = float("inf")
         self.state: dict[str, torch.Tensor] | None = None
 
-    def see(self, rec: dict) -> None:
+    def see(self, rec: dict, model: torch.nn.Module) -> None:
         if rec["stage"] == 1 and rec.get("val_rmse", float("inf")) < self.val_rmse:
             self.val_rmse = rec["val_rmse"]
-            self.state = {k: v.detach().cpu().clone() for k, v in self.trainer.model.state_dict().items()}
+            self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
-    def handed_over(self, predict: bool) -> HandedOver | None:
-        stage1 = [r for r in self.trainer.history if r["stage"] == 1]
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.state is None else {PRE + k: v for k, v in self.state.items()}
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        state = {k[len(PRE):]: v for k, v in tensors.items() if k.startswith(PRE)}
+        if state and "pretraining_val_rmse" in meta:
+            self.state, self.val_rmse = state, float(meta["pretraining_val_rmse"])
+
+    def handed_over(self, history: list[dict]) -> HandedOver | None:
+        stage1 = [r for r in history if r["stage"] == 1]
         val_sel = summarise(stage1)[2] if stage1 else None
         if self.state is None or val_sel is None or val_sel["val_rmse"] != self.val_rmse:
-            return None  # its epoch was restored from a state, not trained here: no weights
-        handed = HandedOver(self.state, 1, int(val_sel["epoch"]))
-        if predict:
-            handed.test_predictions = _test_predictions(self.trainer, handed)
-        return handed
+            return None  # restored from a state without it (e.g. a glocalk train run): no weights
+        return HandedOver(self.state, 1, int(val_sel["epoch"]))
 
 
-def _save(trainer: Trainer, state_dir: Path, finished: bool) -> None:
+def _save(trainer: Trainer, state_dir: Path, finished: bool, pretraining: _PretrainingSnapshot | None) -> None:
     tensors, meta = trainer.state()
+    if pretraining is not None and pretraining.state is not None:
+        tensors = {**tensors, **pretraining.tensors()}
+        meta = {**meta, "pretraining_val_rmse": pretraining.val_rmse}
     save_dir(Path(state_dir) / LAST, tensors, {**meta, "finished": finished})
 
 

@@ -131,9 +131,10 @@ def run_glocalk(variant: str, split: RatingMatrix, params: dict, seed: int,
     ``options.select_pretraining``, ``derived`` is the ``glocalk-pretrain`` run (record, predictions)
     read off this run's pre-training epochs: the same computation as a separate ``epoch_f = 0`` run
     of the same seed (same initialisation, split and stage-1 updates), selected on validation among
-    the pre-training epochs, without paying for it twice. A run resumed past its pre-training has no
-    pre-training weights left: its derived run then carries metrics but no predictions (None; it
-    leaves the ensembles). Without ``select_pretraining`` ``derived`` is None.
+    the pre-training epochs, without paying for it twice. The runner's state keeps those weights
+    across an interrupt; a run continued from a ``glocalk train`` state (``--from-train``) has none:
+    its derived run then carries metrics but no predictions (None; it leaves the ensembles).
+    Without ``select_pretraining`` ``derived`` is None.
     """
     model_config, train_config = split_config({**params, **GLOCALK_VARIANTS[variant], "seed": seed,
                                                "device": device})
