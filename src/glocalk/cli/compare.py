@@ -11,47 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+from glocalk.cli import options
 from glocalk.compare.harness import MODELS, QUICK_BASELINE_OPTIONS, QUICK_PARAMS, BenchmarkConfig, run_benchmark
 from glocalk.compare.tune import DEFAULT_PATIENCE, SEARCH_SPACE, TuneConfig, describe_space, tune
 from glocalk.data import datasets
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="a paper benchmark dataset: ml-100k, ml-1m or douban")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with the dataset files (default: $GLOCALK_DATA, else ~/.cache/glocalk)")
-    p.add_argument("--download", action="store_true",
-                   help="download the canonical files (checksum-verified) if they are missing")
-
-
-def _add_hyperparameters(p: argparse.ArgumentParser, title: str) -> None:
-    from glocalk.cli.app import HYPERPARAMETERS
-
-    g = p.add_argument_group(title)
-    for flag, key, typ, text in HYPERPARAMETERS:
-        g.add_argument(flag, dest=key, type=typ, default=None, help=text)
-
-
-def _add_execution(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    e = p.add_argument_group("execution")
-    e.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
-    e.add_argument("--path", choices=["auto", "dense", "sparse"], default=None,
-                   help="GLocal-K execution path (default auto: by size and density)")
-    e.add_argument("--optimizer", choices=["scipy", "torch"], default=None,
-                   help="GLocal-K's L-BFGS: scipy (as the original, default) or torch")
-    e.add_argument("--threads", type=int, default=None, help="torch CPU threads for GLocal-K (default: torch's)")
-    e.add_argument("--quiet", action="store_true", help="print only the final report")
-    return e
-
-
 def _overrides(args: argparse.Namespace) -> dict:
-    from glocalk.cli.app import HYPERPARAMETERS
-
-    out = {key: getattr(args, key) for _, key, _, _ in HYPERPARAMETERS if getattr(args, key) is not None}
-    for key in ("path", "optimizer", "threads"):
-        if getattr(args, key) is not None:
-            out[key] = getattr(args, key)
-    return out
+    """Hyperparameters and execution options given on the command line (those not given stay out, so a
+    resumed benchmark compares equal to the run it continues)."""
+    given = {key: getattr(args, key) for key in options.EXECUTION_KEYS if getattr(args, key) is not None}
+    return {**options.overrides(args), **given}
 
 
 def _fmt(x) -> str:
@@ -108,8 +78,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from glocalk.cli.app import HYPERPARAMETERS
-
     data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     fixed = _overrides(args)
     space = {k: v for k, v in SEARCH_SPACE.items() if k not in fixed}
@@ -142,7 +110,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if test:
         lines.append(f"test (once, the chosen trial's validation-selected model, epoch {test['epoch']}): "
                      f"RMSE {test['rmse']:.4f}  MAE {test['mae']:.4f}  NDCG {test['ndcg']:.4f}")
-    flags = {key: flag for flag, key, _, _ in HYPERPARAMETERS}
+    flags = {key: flag for flag, key, _, _ in options.HYPERPARAMETERS}
     chosen = " ".join(f"{flags[k]} {v:.6g}" if isinstance(v, float) else f"{flags[k]} {v}"
                       for k, v in report["params"].items() if k in flags)
     lines.append(f"train it: glocalk train --dataset {args.dataset} {chosen} --val-frac {args.val_frac:g}"
@@ -165,7 +133,7 @@ def _register_benchmark(sub) -> None:
                     "training ratings), select each model's epoch on validation, and write OUT/table.md "
                     "(test metrics mean ± std over seeds, wall time, the paper's numbers), OUT/results.json, "
                     "OUT/curves.png and OUT/bars.png. Models: " + ", ".join(MODELS) + ".")
-    _add_data_options(p)
+    options.add_data(p)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
                    help="models to run (default all): " + ", ".join(MODELS))
     p.add_argument("--seed", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
@@ -193,8 +161,8 @@ def _register_benchmark(sub) -> None:
                         "(default: the full epoch budget)")
     p.add_argument("--mf-factors", type=int, default=None, help="biased MF: latent factors (default 64)")
     p.add_argument("--mf-epochs", type=int, default=None, help="biased MF: maximum epochs (default 100)")
-    _add_hyperparameters(p, "GLocal-K hyperparameters (default: the dataset's preset)")
-    e = _add_execution(p)
+    options.add_hyperparameters(p, "GLocal-K hyperparameters (default: the dataset's preset)")
+    e = options.add_execution(p)
     e.add_argument("--verbose", action="store_true", help="print every GLocal-K epoch")
     p.set_defaults(func=cmd_benchmark)
 
@@ -208,7 +176,7 @@ def _register_tune(sub) -> None:
                     f"trial's model is tested once at the end. Search space: {space}. A hyperparameter given "
                     "below is held fixed and leaves the search. Writes OUT/trials.json, OUT/trials.csv and "
                     "OUT/best.json.")
-    _add_data_options(t)
+    options.add_data(t)
     t.add_argument("--trials", type=int, required=True, help="number of trials")
     t.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
     t.add_argument("--val-frac", type=float, default=0.05, help="validation fraction (default 0.05)")
@@ -220,6 +188,6 @@ def _register_tune(sub) -> None:
     t.add_argument("--no-preset-trial", action="store_true",
                    help="do not start from the preset: by default trial 0 is the dataset's paper hyperparameters")
     t.add_argument("--out", default=None, help="output folder (default runs/tune-DATASET-TIME)")
-    _add_hyperparameters(t, "fixed hyperparameters (default: the dataset's preset, searched ones excepted)")
-    _add_execution(t)
+    options.add_hyperparameters(t, "fixed hyperparameters (default: the dataset's preset, searched ones excepted)")
+    options.add_execution(t)
     t.set_defaults(func=cmd_tune)
