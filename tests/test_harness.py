@@ -319,3 +319,16 @@ def test_a_resumed_invocation_on_other_models_keeps_the_finished_runs(data, tmp_
                          baseline_options=BASELINE_OPTIONS, train=False, plots=False)
     assert both["summary"]["biases"] == first["summary"]["biases"]
     assert both["summary"]["global-mean"]["seeds"] == [1]
+
+
+def test_cli_benchmark_rejects_patience_zero_before_any_output(monkeypatch, tmp_path, capsys):
+    """Defect 3 at the command line: --patience 0 once silently stopped fine-tuning after one epoch."""
+    import glocalk.data.datasets
+    from glocalk.cli.app import main
+
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", lambda name, data_dir=None, download=False: tiny_data())
+    out = tmp_path / "cli"
+    assert main(["benchmark", "--dataset", "tiny", "--models", "glocalk", "--patience", "0", "--out", str(out),
+                 "--quiet"]) == 2
+    assert "patience must be an integer >= 1" in capsys.readouterr().err
+    assert not out.exists()

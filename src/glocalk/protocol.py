@@ -347,10 +347,10 @@ def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: 
     so an interrupted multi-seed run keeps what it finished.
     """
     o = options or ExperimentOptions(**option_values)
+    params = {**params, "device": o.device}
+    split_config(params)[1].validate()  # bad options fail before any training, and before any output
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {**params, "device": o.device}
-    split_config(params)[1].validate()  # bad options fail before any training
     t0 = time.perf_counter()
     header = _experiment_header(data, params, seeds, o)
     runs, predictions, growth = [], [], []

@@ -266,12 +266,12 @@ class _Benchmark:
             raise FileNotFoundError(f"--from-train: no such folder {c.from_train}")
         self.data = data
         self.models, self.seeds = list(dict.fromkeys(c.models)), list(dict.fromkeys(c.seeds))
-        self.out_dir = Path(c.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         key = _dataset_key(data, c.dataset)
         self.params = benchmark_params(key, c.params_overrides, c.quick)
         split_config(self.params)[1].validate()  # fail on unknown or invalid hyperparameters before any training
         self.options = _baseline_options(c)
+        self.out_dir = Path(c.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         identity = {"dataset": key or data.name, "fingerprint": data.fingerprint(), "val_frac": c.val_frac,
                     "params": self.params, "variants": GLOCALK_VARIANTS, "baseline_options": _jsonable(self.options),
                     "quick": c.quick, "device": c.device}
