@@ -18,7 +18,15 @@ from conftest import tiny_ratings
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import CheckpointError, TrainingError
 from glocalk.presets import split_config
-from glocalk.protocol import RunOptions, aggregate, ensemble_metrics, run_experiment, saved_state, train_run
+from glocalk.protocol import (
+    ExperimentOptions,
+    RunOptions,
+    aggregate,
+    ensemble_metrics,
+    run_experiment,
+    saved_state,
+    train_run,
+)
 from glocalk.store import load_dir, save_dir
 from glocalk.train import Trainer
 
@@ -233,7 +241,7 @@ def test_ensemble_metrics_by_hand():
 def experiment(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp")
     data = tiny_data()
-    summary = run_experiment(data, TINY, [1, 2], out, val_frac=0.1, ensemble=True, command=["test"])
+    summary = run_experiment(data, TINY, [1, 2], out, ExperimentOptions(val_frac=0.1, ensemble=True, command=["test"]))
     return data, out, summary
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -274,6 +274,16 @@ def evaluate_state(data: RatingMatrix, model_config: GLocalKConfig, train_config
 # -- several seeds ----------------------------------------------------------------------
 
 
+def options_or_fields(options: Any, cls: type, values: dict) -> Any:
+    """``options`` if given, else ``cls(**values)``: the two ways to pass an options dataclass."""
+    if options is None:
+        return cls(**values)
+    if values:
+        raise TypeError(f"give either a {cls.__name__} or its fields as keywords, not both "
+                        f"({', '.join(values)})")
+    return options
+
+
 def aggregate(runs: list[dict]) -> dict:
     """Means (under ``best``/``final``/``val_selected``) and stds (under ``std``) over runs."""
     out: dict = {"std": {}}
@@ -346,7 +356,7 @@ def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: 
     RMSE of the ensemble of the first k seeds, k = 1..n. summary.json is rewritten after each seed,
     so an interrupted multi-seed run keeps what it finished.
     """
-    o = options or ExperimentOptions(**option_values)
+    o = options_or_fields(options, ExperimentOptions, option_values)
     params = {**params, "device": o.device}
     split_config(params)[1].validate()  # bad options fail before any training, and before any output
     out_dir = Path(out_dir)

@@ -47,7 +47,7 @@ from glocalk.baselines import BASELINES, entries, make_baseline
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import TrainingError
 from glocalk.presets import GLOCALK_VARIANTS, LABELS, PAPER_RESULTS, PRESETS, split_config
-from glocalk.protocol import RunOptions, ensemble_metrics, saved_state, train_run
+from glocalk.protocol import RunOptions, ensemble_metrics, options_or_fields, saved_state, train_run
 from glocalk.store import device_description, versions, write_json_atomic
 from glocalk.train import summarise
 
@@ -238,7 +238,7 @@ def run_benchmark(data: RatingMatrix, config: BenchmarkConfig | None = None, **c
     ``data``: train / test ratings (``data.val`` is replaced by each seed's validation split).
     ``config`` (or its fields as keywords): see ``BenchmarkConfig``. Returns the content of results.json.
     """
-    bench = _Benchmark(data, config or BenchmarkConfig(**config_values))
+    bench = _Benchmark(data, options_or_fields(config, BenchmarkConfig, config_values))
     for seed in bench.seeds:
         bench.run_seed(seed)
     results = bench.write(complete=True)

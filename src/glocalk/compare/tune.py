@@ -53,7 +53,7 @@ from pathlib import Path
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import TrainingError
 from glocalk.presets import PRESETS, split_config
-from glocalk.protocol import RunOptions, evaluate_state, train_run
+from glocalk.protocol import RunOptions, evaluate_state, options_or_fields, train_run
 from glocalk.store import versions, write_json_atomic
 
 # name -> (kind, arguments): "log" (low, high), "float" (low, high), "int" (low, high), "categorical" (choices)
@@ -201,7 +201,7 @@ def tune(data: RatingMatrix, config: TuneConfig | None = None, **config_values) 
     ``data``: train (and test) ratings; the test split is removed for the search. ``config`` (or its
     fields as keywords): see ``TuneConfig``.
     """
-    c = config or TuneConfig(**config_values)
+    c = options_or_fields(config, TuneConfig, config_values)
     out_dir = Path(c.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = (c.dataset or data.name or "").lower()
