@@ -28,7 +28,9 @@ Outputs in ``out_dir``: ``results.json`` (configuration, per-run results and cur
 aggregates), ``table.md``, ``curves.png`` (train / validation / test RMSE per epoch, one
 panel per model, first seed), ``bars.png`` (test RMSE with std error bars),
 ``runs/MODEL/seed-N.jsonl`` (each run's per-epoch history) and
-``predictions/MODEL-seed-N.npy`` (each run's test predictions, CSR order).
+``predictions/MODEL-seed-N.npy`` (each run's test predictions, CSR order). While a GLocal-K
+run is unfinished its resume state lives in ``state/MODEL-seed-N`` (``glocalk.protocol``'s
+layout); it is removed once the run is recorded in results.json.
 """
 
 from __future__ import annotations
