@@ -58,11 +58,8 @@ INNER_IMPORTS = {
     ("glocalk/cli/fit.py::cmd_fit", "glocalk.store"),
     ("glocalk/cli/fit.py::register", "glocalk.cli.app"),
     ("glocalk/cli/fit.py::register", "glocalk.presets"),
-    ("glocalk/data/datasets.py::_parse_ratings", "pandas"),
     ("glocalk/estimator.py::GLocalKRecommender.save", "glocalk.store"),
-    ("glocalk/estimator.py::_serving_path", "glocalk.train"),
     ("glocalk/estimator.py::cross_validate", "glocalk.data.splits"),
-    ("glocalk/estimator.py::example_ratings", "glocalk.data.synthetic"),
 }
 # Private names (_x) imported from another module: (importing file, module.name).
 PRIVATE_IMPORTS = {
@@ -71,8 +68,8 @@ PRIVATE_IMPORTS = {
     ("glocalk/cli/fit.py", "glocalk.cli.app._progress"),
     ("glocalk/estimator.py", "glocalk.data.matrix._as_csr"),
 }
-# Global state that importing glocalk changes today: sparse.py installs warnings filters at import.
-GLOBAL_STATE_CHANGES = {"warnings.filters"}
+# Global state that importing glocalk changes (none since sparse.py scopes its warnings filter).
+GLOBAL_STATE_CHANGES: set[str] = set()
 
 
 def _functions() -> list:

@@ -23,8 +23,9 @@ import torch
 
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
+from glocalk.inputs import choose_execution
 from glocalk.model import GLocalKConfig
-from glocalk.train import TrainConfig, Trainer, choose_path, lbfgs_epoch, summarise
+from glocalk.train import TrainConfig, Trainer, lbfgs_epoch, summarise
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -155,11 +156,11 @@ def test_dense_and_sparse_runs_end_with_the_same_rmse():
 
 
 def test_choose_path_and_config_validation():
-    assert choose_path((100, 100), 2000, "auto") == "sparse"  # density .2
-    assert choose_path((100, 100), 3000, "auto") == "dense"  # density .3
-    assert choose_path((100, 100), 10, "dense") == "dense" and choose_path((10, 10), 90, "sparse") == "sparse"
+    assert choose_execution((100, 100), 2000, "auto") == "sparse"  # density .2
+    assert choose_execution((100, 100), 3000, "auto") == "dense"  # density .3
+    assert choose_execution((100, 100), 10, "dense") == "dense" and choose_execution((10, 10), 90, "sparse") == "sparse"
     with pytest.raises(ValueError, match="path"):
-        choose_path((10, 10), 5, "bogus")
+        choose_execution((10, 10), 5, "bogus")
     data = synthetic(seed=1, n_items=10, n_users=8)
     with pytest.raises(ConfigError, match="nothing to train"):
         Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=0, epoch_f=0))

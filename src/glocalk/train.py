@@ -27,8 +27,9 @@ import torch
 
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import CheckpointError, ConfigError, TrainingError
+from glocalk.inputs import TrainingInput, choose_execution, prepare_input
 from glocalk.metrics import evaluate
-from glocalk.model import GLocalK, GLocalKConfig, TrainingInput, prepare_input
+from glocalk.model import GLocalK, GLocalKConfig
 from glocalk.sparse import SparsePattern
 
 OPTIMIZERS = ("scipy", "torch")
@@ -93,22 +94,6 @@ class TrainResult:
     seconds: float
     path: str
     data: TrainingInput = field(repr=False, default=None)
-
-
-def choose_path(shape: tuple[int, int], nnz: int, requested: str = "auto") -> str:
-    """'dense' or 'sparse'. Auto: sparse unless the matrix is small and dense enough.
-
-    The sparse path costs O(nnz * n_hid) per pass and the dense one O(n_items * n_users *
-    n_hid) at a far better FLOP rate; measured on CPU (docs/PERFORMANCE.md) the sparse path
-    wins at every density of the paper's datasets (1.3%-6.3%), so dense is kept only above
-    25% density, where the dilated 3x3 convolution pattern is nearly full anyway.
-    """
-    if requested in ("dense", "sparse"):
-        return requested
-    if requested != "auto":
-        raise ValueError(f"path must be 'dense', 'sparse' or 'auto', got {requested!r}")
-    density = nnz / float(shape[0] * shape[1])
-    return "dense" if density > 0.25 else "sparse"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -208,7 +193,7 @@ class Trainer:
         if c.threads:
             torch.set_num_threads(c.threads)
         self.device = resolve_device(c.device)
-        self.path = choose_path(data.shape, data.train.nnz, c.path)
+        self.path = choose_execution(data.shape, data.train.nnz, c.path)
         torch.manual_seed(c.seed)
         self.model = GLocalK(data.n_items, data.n_users, self.model_config).to(self.device)
         self.input = prepare_input(data.train, self.path == "sparse", self.model_config.gk_size, self.device)

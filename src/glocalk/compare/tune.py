@@ -208,7 +208,8 @@ def tune(data: RatingMatrix, config: TuneConfig | None = None, **config_values) 
     fixed = {k: v for k, v in (c.fixed or {}).items() if v is not None}
     base = {**PRESETS.get(key, {}), **fixed, "patience": c.patience, "device": c.device}
     space = {k: v for k, v in (c.space or SEARCH_SPACE).items() if k not in fixed}
-    split_config({**base, **{k: None for k in space}})  # unknown names fail before any training
+    # Unknown names and invalid ranges fail before any training (each dimension at its first value).
+    split_config({**base, **{k: a[0][0] if kind == "categorical" else a[0] for k, (kind, *a) in space.items()}})
     search = _Search(c, key, base, space, data.with_validation(c.val_frac, seed=c.seed))
     t0 = time.perf_counter()
     study = _optimize(search, out_dir)
