@@ -37,12 +37,11 @@ from glocalk.metrics import evaluate
 from glocalk.model import GLocalKConfig
 from glocalk.presets import split_config
 from glocalk.store import device_description, load_dir, save_dir, versions, write_json_atomic
-from glocalk.train import TrainConfig, Trainer, check_identity, summarise, training_identity
+from glocalk.train import SELECTED, TrainConfig, Trainer, check_identity, summarise, training_identity
 
 PROTOCOLS = ("best", "final", "val_selected")
 METRICS = ("rmse", "mae", "ndcg")
 LAST = "last"
-SELECTED = "selected."  # tensors of the val-selected epoch (written by Trainer.state)
 PRE = "pretraining."  # tensors of the val-selected pre-training epoch (with select_pretraining)
 
 
@@ -105,7 +104,15 @@ def saved_state(state_dir: str | Path) -> Path | None:
 
 def train_run(data: RatingMatrix, model_config: GLocalKConfig, train_config: TrainConfig,
               options: RunOptions | None = None) -> RunRecord:
-    """Train one run on ``data`` (its ``val`` split selects the epoch), with resume state and epoch log."""
+    """Train one run of GLocal-K on ``data``; its ``val`` split, if any, selects the epoch handed over.
+
+    ``options`` (default: in memory, no files): the state folder (the layout above), the epoch log,
+    ``resume``, a per-epoch callback, and whether to predict the test split. A resumed run continues
+    after its last saved epoch and equals an uninterrupted one; a finished state is not re-entered.
+    Raises ConfigError for invalid options, CheckpointError for a state that is corrupt or was made
+    with other data or options ("cannot resume from ..."), TrainingError for a diverged run (the
+    message names the epoch log, which keeps the epochs before it).
+    """
     o = options or RunOptions()
     t0 = time.perf_counter()
     train_config.validate()

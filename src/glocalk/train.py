@@ -35,6 +35,7 @@ from glocalk.sparse import SparsePattern
 OPTIMIZERS = ("scipy", "torch")
 PATHS = ("auto", "dense", "sparse")
 STATE_KIND = "glocalk-training-state"
+SELECTED = "selected."  # prefix of the val-selected epoch's tensors in ``Trainer.state``
 OnEpoch = Callable[[dict], None]
 
 
@@ -307,7 +308,7 @@ class Trainer:
         """(tensors, meta) to resume from: current and val-selected weights, history, epoch, identity."""
         tensors = dict(self.model.state_dict())
         if self.selected_state is not None:
-            tensors.update({f"selected.{k}": v for k, v in self.selected_state.items()})
+            tensors.update({SELECTED + k: v for k, v in self.selected_state.items()})
         epoch = self.history[-1]["epoch"] if self.history else 0
         return tensors, {"kind": STATE_KIND, "epoch": epoch, "history": self.history, "path": self.path,
                          **self.identity()}
@@ -318,8 +319,8 @@ class Trainer:
         Raises CheckpointError if it is no training state, or was made with other data or options.
         """
         check_identity(meta, self.identity(), source)
-        selected = {k[len("selected."):]: v for k, v in tensors.items() if k.startswith("selected.")}
-        weights = {k: v for k, v in tensors.items() if not k.startswith("selected.")}
+        selected = {k[len(SELECTED):]: v for k, v in tensors.items() if k.startswith(SELECTED)}
+        weights = {k: v for k, v in tensors.items() if not k.startswith(SELECTED)}
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as e:
