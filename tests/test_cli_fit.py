@@ -251,7 +251,7 @@ def test_duplicates_option(capsys, tmp_path):
 
 def test_misnamed_column_option(files, capsys, tmp_path):
     code, _, err = run(capsys, "fit", files["train"], "--rating-col", "stars", *TINY, "--out", tmp_path / "m")
-    assert code == 2 and "column 'stars' (rating_col) not found" in err
+    assert code == 2 and "column 'stars' (--rating-col, rating_col) not found" in err
 
 
 def test_bad_model_directory(files, capsys, tmp_path, model_dir):

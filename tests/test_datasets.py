@@ -233,6 +233,18 @@ def test_monti_half_stars(tmp_path, sparse_fields):
     assert d.name == "flixster"
 
 
+def test_monti_rating_scale_is_the_training_ratings(tmp_path):
+    # Defect: the clip range was taken from train AND test ratings, leaking the test set's extremes.
+    M = np.array([[2.0, 3.0, 5.0], [4.0, 1.0, 3.0]])  # users x items
+    o_train = np.array([[1, 1, 0], [1, 0, 1]], dtype=float)  # training ratings 2, 3, 4, 3
+    o_test = 1 - o_train  # test ratings 5 and 1
+    f = tmp_path / "scale.mat"
+    _write_monti(f, M, o_train, o_test)
+    d = ds.load_monti(f)
+    assert d.rating_scale == (2.0, 4.0)
+    assert sorted(d.test.data.tolist()) == [1.0, 5.0]
+
+
 def test_monti_missing_field(tmp_path):
     M, o_train, _ = _half_stars()
     f = tmp_path / "no_test.mat"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import read_ratings, to_rating_matrix
 from glocalk.errors import CheckpointError, DataError
-from glocalk.estimator import GLocalKRecommender, cross_validate, example_ratings, read_pairs
+from glocalk.estimator import GLocalKRecommender, cross_validate, example_ratings
 
 # Tiny settings: the suite runs on 2 shared cores.
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)
@@ -280,20 +280,6 @@ def test_duplicates(tmp_path):
     mean = GLocalKRecommender(duplicates="mean", **TINY).fit(path)
     assert last._seen.nnz == mean._seen.nnz == 4
     assert last._seen[0, 0] == 3.0 and mean._seen[0, 0] == 2.0  # item x, user a
-
-
-def test_read_pairs(tmp_path):
-    path = tmp_path / "pairs.csv"
-    path.write_text("item,user,rating\nm1,u1,3\nm2,u2,4\n")
-    assert read_pairs(path).to_dict("list") == {"user": ["u1", "u2"], "item": ["m1", "m2"]}
-    path.write_text("u1\tm1\nu2\tm2\n")
-    assert read_pairs(path).to_dict("list") == {"user": ["u1", "u2"], "item": ["m1", "m2"]}
-    path.write_text("")
-    with pytest.raises(DataError, match="empty"):
-        read_pairs(path)
-    path.write_text("who,what\na,b\n")
-    with pytest.raises(DataError, match="no user column"):
-        read_pairs(path, header=True)
 
 
 # -- model directories --------------------------------------------------------------------------

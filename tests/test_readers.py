@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,16 @@ import pandas as pd
 import pytest
 
 from glocalk.data.matrix import RatingMatrix
-from glocalk.data.readers import IdMap, Ratings, build_matrix, read_ratings, to_rating_matrix
+from glocalk.data.readers import (
+    IdMap,
+    Ratings,
+    ReaderOptions,
+    build_matrix,
+    read_pairs,
+    read_ratings,
+    read_users,
+    to_rating_matrix,
+)
 from glocalk.errors import DataError
 
 
@@ -161,13 +171,13 @@ def test_misnamed_column_lists_available_names(tmp_path):
     msg = str(e.value)
     assert "r.csv" in msg and "no user column found" in msg and "'person', 'thing', 'grade'" in msg
     assert "user_col=" in msg
-    with pytest.raises(DataError, match=r"column 'rater' \(rating_col\) not found; available columns: 'person'"):
+    with pytest.raises(DataError, match=r"column 'rater' \(--rating-col, rating_col\) not found; available columns"):
         read_ratings(p, user_col="person", item_col="thing", rating_col="rater")
 
 
 def test_bad_positions_and_names_without_header(tmp_path):
     p = write(tmp_path, "r.csv", "a,x,3\n")
-    with pytest.raises(DataError, match=r"rating_col=5 is out of range: the data has 3 column"):
+    with pytest.raises(DataError, match=r"--rating-col 5 \(rating_col=5\) is out of range: the data has 3 column"):
         read_ratings(p, rating_col=5)
     with pytest.raises(DataError, match="read without a header"):
         read_ratings(p, header=False, user_col="user")
@@ -359,3 +369,87 @@ def test_build_matrix_rejects_duplicates_from_hand_made_ratings():
     r = Ratings(pd.DataFrame({"user": [1, 1], "item": [2, 2], "rating": [3.0, 4.0]}))
     with pytest.raises(DataError, match="duplicate"):
         build_matrix(r, IdMap.from_ratings(r))
+
+
+# --------------------------------------------------------------------------- pairs and user lists
+
+
+def pairs(df: pd.DataFrame) -> list[tuple]:
+    return list(df[["user", "item"]].itertuples(index=False, name=None))
+
+
+def test_read_pairs_header_by_names_or_none(tmp_path):
+    p = write(tmp_path, "pairs.csv", "item,user,rating\nm1,u1,3\nm2,u2,4\n")
+    assert pairs(read_pairs(p)) == [("u1", "m1"), ("u2", "m2")]
+    p = write(tmp_path, "pairs.tsv", "u1\tm1\n\nu2\t m2 \n")  # blank line, spaces around an id
+    assert pairs(read_pairs(p)) == [("u1", "m1"), ("u2", "m2")]
+    p = write(tmp_path, "ids.csv", "007,42\n7,43\n")  # ids stay text, so "007" is not 7
+    assert pairs(read_pairs(p)) == [("007", "42"), ("7", "43")]
+
+
+def test_read_pairs_bad_input(tmp_path):
+    with pytest.raises(DataError, match=r"empty\.csv: the file is empty \(no pairs\)"):
+        read_pairs(write(tmp_path, "empty.csv", ""))
+    with pytest.raises(DataError, match="no user column found"):
+        read_pairs(write(tmp_path, "named.csv", "who,what\na,b\n"), header=True)
+    with pytest.raises(DataError, match=r"only 1 column\(s\) \(need user, item\)"):
+        read_pairs(write(tmp_path, "one.csv", "a\nb\n"))
+    with pytest.raises(DataError, match=r"line 3: missing item id"):
+        read_pairs(write(tmp_path, "gap.csv", "user,item\na,x\nb,\n"))
+    with pytest.raises(DataError, match="pairs file not found"):
+        read_pairs(tmp_path / "nope.csv")
+
+
+def test_read_pairs_from_dataframe_parquet_and_options(tmp_path):
+    df = pd.DataFrame({"rating": [1.0, 2.0], "item_id": [10, 11], "user_id": [1, 2]})
+    assert pairs(read_pairs(df)) == [(1, 10), (2, 11)]
+    df.to_parquet(tmp_path / "p.parquet")
+    assert pairs(read_pairs(tmp_path / "p.parquet")) == [(1, 10), (2, 11)]
+    p = write(tmp_path, "x.txt", "a|b|c\n")
+    assert pairs(read_pairs(p, ReaderOptions(sep="|", user_col=2, item_col=0))) == [("c", "a")]
+
+
+@pytest.mark.parametrize("header", ["user,item\n", ""])
+def test_byte_order_mark_is_not_part_of_a_pairs_header_or_id(tmp_path, header):
+    # Defect: a BOM glued to the header's first name turned the header into a pair ("\ufeffuser", "item").
+    p = tmp_path / "pairs.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + f"{header}u1,m1\nu2,m2\n".encode())
+    assert pairs(read_pairs(p)) == [("u1", "m1"), ("u2", "m2")]
+
+
+def test_read_users_header_bom_blank_lines_and_gzip(tmp_path):
+    p = tmp_path / "users.txt"
+    p.write_bytes(b"\xef\xbb\xbfuser\r\nalice\r\n\r\n bob \r\n")  # BOM, CRLF: the header is still a header
+    assert read_users(p) == ["alice", "bob"]
+    with gzip.open(tmp_path / "users.txt.gz", "wt") as f:
+        f.write("User_ID\n42\n")
+    assert read_users(tmp_path / "users.txt.gz") == ["42"]
+    with pytest.raises(DataError, match="no user ids"):
+        read_users(write(tmp_path, "only_header.txt", "userid\n"))
+    with pytest.raises(DataError, match="users file not found"):
+        read_users(tmp_path / "nope.txt")
+
+
+def test_reader_options_as_object_or_keywords(tmp_path):
+    p = write(tmp_path, "r.csv", "a;x;3\na;x;5\n")
+    by_kw = read_ratings(p, sep=";", duplicates="mean")
+    by_obj = read_ratings(p, ReaderOptions(sep=";", duplicates="mean"))
+    assert triples(by_kw) == triples(by_obj) == [("a", "x", 4.0)]
+    assert triples(read_ratings(p, ReaderOptions(sep=";"), duplicates="last")) == [("a", "x", 5.0)]
+    with pytest.raises(TypeError, match="unknown reader option"):
+        read_ratings(p, delimiter=";")
+
+
+@pytest.mark.parametrize("value", ["1e-46", "-1e-46", "1e39"])
+def test_rating_lost_in_float32_is_rejected_naming_the_line(tmp_path, value):
+    # Defect: 1e-46 became 0 ('not rated') in the float32 matrix and the rating vanished silently.
+    p = write(tmp_path, "r.csv", f"user,item,rating\na,x,3\nb,y,{value}\n")
+    shown = re.escape(f"{float(value):g}")
+    with pytest.raises(DataError, match=rf"r\.csv: line 3: rating {shown} cannot be stored as a float32"):
+        read_ratings(p)
+
+
+def test_matrix_rejects_ratings_lost_in_float32():
+    tiny = Ratings(pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "rating": [1e-46, 3.0]}), offset=0.0)
+    with pytest.raises(DataError, match="1e-46 cannot be stored as a float32"):
+        to_rating_matrix(tiny)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from glocalk.data.readers import read_pairs, read_users
 from glocalk.errors import CheckpointError, DataError
 
 TEST_FRAC = {"random": 0.1, "user": 0.2, "time": 0.2}
@@ -270,8 +271,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from glocalk.estimator import read_pairs
-
     model = _load(args.model_dir)
     kw = _reader_kwargs(args)
     pairs = read_pairs(args.pairs_file, **kw)
@@ -283,21 +282,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_users(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"users file not found: {p}")
-    users = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    if users and users[0].casefold() in ("user", "user_id", "userid"):
-        users = users[1:]
-    if not users:
-        raise DataError(f"{p}: no user ids (one per line expected)")
-    return users
-
-
 def cmd_recommend(args: argparse.Namespace) -> int:
     model = _load(args.model_dir)
-    users = [args.user] if args.user is not None else _read_users(args.users_file)
+    users = [args.user] if args.user is not None else read_users(args.users_file)
     recs = model.recommend_many(users, k=args.k, exclude_seen=not args.include_seen, unknown=args.unknown)
     _write_csv(recs, args.output)
     return 0

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+import h5py
 import numpy as np
 import scipy.sparse as sp
 
@@ -255,8 +256,6 @@ def _read_mat_field(path: Path, db, name: str) -> sp.csr_matrix:
     Dense datasets come out of h5py transposed (MATLAB is column-major), hence ``.T``; sparse
     ones are groups holding MATLAB's CSC arrays ``data``/``ir``/``jc``.
     """
-    import h5py
-
     ds = db[name]
     if isinstance(ds, h5py.Group):
         if "jc" not in ds:
@@ -285,15 +284,43 @@ def load_monti(path: str | Path, name: str | None = None) -> RatingMatrix:
 
     As the original GLocal-K code: train = Otraining * M and test = Otest * M (element-wise;
     the O's are 0/1 masks), transposed so rows are items (M is users x items in MATLAB). The
-    rating scale is read from the data (min/max nonzero of M over train and test), because the
-    format also carries Flixster (half stars) and YahooMusic (1..100).
+    rating scale is read from the TRAINING ratings (min/max nonzero of Otraining * M; SPEC.md),
+    because the format also carries Flixster (half stars) and YahooMusic (1..100); test ratings
+    never set it.
     """
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover - h5py is a dependency
-        raise DataError("reading .mat files needs h5py (pip install h5py)") from None
-
     path = Path(path)
+    M, o_train, o_test = _read_monti_fields(path)
+    for k, o in (("Otraining", o_train), ("Otest", o_test)):
+        if o.shape != M.shape:
+            raise DataError(f"{path}: {k} is {o.shape[0]} x {o.shape[1]} but M is {M.shape[0]} x {M.shape[1]}")
+        o.eliminate_zeros()
+        if o.nnz and not np.all(o.data == 1):
+            raise DataError(f"{path}: {k} must be a 0/1 mask, found values {np.unique(o.data)[:5].tolist()}")
+    if o_train.multiply(o_test).nnz:
+        raise DataError(f"{path}: Otraining and Otest overlap in {o_train.multiply(o_test).nnz} entries: "
+                        "the test split would leak into training")
+    if M.nnz and not np.all(np.isfinite(M.data)):
+        raise DataError(f"{path}: M holds non-finite values")
+    train = sp.csr_matrix(o_train.multiply(M)).T.tocsr()
+    test = sp.csr_matrix(o_test.multiply(M)).T.tocsr()
+    train.eliminate_zeros()
+    test.eliminate_zeros()
+    if train.nnz == 0:
+        raise DataError(f"{path}: Otraining * M holds no ratings")
+    values = np.concatenate([train.data, test.data])
+    if values.min() < 0:
+        raise DataError(f"{path}: negative ratings in M (min {values.min():g}); ratings must be > 0")
+    # Masked entries where M is 0 cannot be represented (0 = unrated); keep a count, don't fail.
+    unrated = (o_train.nnz - train.nnz) + (o_test.nnz - test.nnz)
+    if unrated:
+        log.warning("%s: %d masked entries have rating 0 in M and are dropped", path, unrated)
+    label = name or path.stem
+    return RatingMatrix(train=train, test=test, rating_scale=(float(train.data.min()), float(train.data.max())),
+                        name=label, meta={"dataset": label, "files": [str(path)], "masked_unrated": unrated})
+
+
+def _read_monti_fields(path: Path) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """M, Otraining and Otest of a MATLAB v7.3 file, or a DataError saying what the file is instead."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
@@ -315,34 +342,7 @@ def load_monti(path: str | Path, name: str | None = None) -> RatingMatrix:
             M, o_train, o_test = (_read_mat_field(path, db, k) for k in _MONTI_FIELDS)
     except OSError as e:
         raise DataError(f"{path}: cannot read the HDF5 file: {e}") from None
-
-    for k, o in (("Otraining", o_train), ("Otest", o_test)):
-        if o.shape != M.shape:
-            raise DataError(f"{path}: {k} is {o.shape[0]} x {o.shape[1]} but M is {M.shape[0]} x {M.shape[1]}")
-        o.eliminate_zeros()
-        if o.nnz and not np.all(o.data == 1):
-            raise DataError(f"{path}: {k} must be a 0/1 mask, found values {np.unique(o.data)[:5].tolist()}")
-    if o_train.multiply(o_test).nnz:
-        raise DataError(f"{path}: Otraining and Otest overlap in {o_train.multiply(o_test).nnz} entries: "
-                        "the test split would leak into training")
-    if M.nnz and not np.all(np.isfinite(M.data)):
-        raise DataError(f"{path}: M holds non-finite values")
-    train = sp.csr_matrix(o_train.multiply(M)).T.tocsr()
-    test = sp.csr_matrix(o_test.multiply(M)).T.tocsr()
-    train.eliminate_zeros()
-    test.eliminate_zeros()
-    values = np.concatenate([train.data, test.data])
-    if values.size == 0:
-        raise DataError(f"{path}: Otraining * M holds no ratings")
-    if values.min() < 0:
-        raise DataError(f"{path}: negative ratings in M (min {values.min():g}); ratings must be > 0")
-    # Masked entries where M is 0 cannot be represented (0 = unrated); keep a count, don't fail.
-    unrated = (o_train.nnz - train.nnz) + (o_test.nnz - test.nnz)
-    if unrated:
-        log.warning("%s: %d masked entries have rating 0 in M and are dropped", path, unrated)
-    label = name or path.stem
-    return RatingMatrix(train=train, test=test, rating_scale=(float(values.min()), float(values.max())),
-                        name=label, meta={"dataset": label, "files": [str(path)], "masked_unrated": unrated})
+    return M, o_train, o_test
 
 
 # --------------------------------------------------------------------------- registry

@@ -30,13 +30,15 @@ import io
 import lzma
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from glocalk.data.matrix import RatingMatrix
@@ -45,9 +47,14 @@ from glocalk.errors import DataError
 __all__ = [
     "COLUMN_ALIASES",
     "IdMap",
+    "ReaderOptions",
     "Ratings",
     "build_matrix",
+    "open_text",
+    "option",
+    "read_pairs",
     "read_ratings",
+    "read_users",
     "to_rating_matrix",
 ]
 
@@ -136,52 +143,96 @@ class Ratings:
 
 # --------------------------------------------------------------------------- reading
 
+# The CLI flag of each reader option, so that messages name what a command-line user can type.
+_FLAGS = {"sep": "--sep", "header": "--header / --no-header", "user_col": "--user-col", "item_col": "--item-col",
+          "rating_col": "--rating-col", "time_col": "--time-col", "duplicates": "--duplicates",
+          "encoding": "--encoding", "rating_scale": "--rating-scale"}
 
-def read_ratings(
-    source: str | Path | pd.DataFrame | Ratings,
-    *,
-    sep: str | None = None,
-    header: Literal["infer"] | bool = "infer",
-    user_col: Column = None,
-    item_col: Column = None,
-    rating_col: Column = None,
-    time_col: Column | Literal[False] = None,
-    rating_scale: tuple[float, float] | None = None,
-    duplicates: Literal["error", "last", "first", "mean"] = "error",
-    offset: float | None = None,
-    encoding: str = "utf-8",
-) -> Ratings:
+
+def option(name: str, value: Any = None) -> str:
+    """How to set a reader option, for messages: the CLI flag and the Python keyword.
+
+    ``option("duplicates", "last")`` is ``"--duplicates last (duplicates='last')"``.
+    """
+    if value is None:
+        return f"{_FLAGS[name]} ({name}=)"
+    if name == "header":
+        return f"{'--header' if value else '--no-header'} (header={value!r})"
+    if name == "time_col" and value is False:
+        return "--no-time (time_col=False)"
+    return f"{_FLAGS[name]} {value} ({name}={value!r})"
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How to read a delimited text, Parquet or DataFrame source (the CLI's "reading the files" flags).
+
+    Attributes:
+        sep: field separator (``--sep``); None sniffs the first line: ``::`` if present, else tab,
+            else comma, else ``;``, else whitespace.
+        header: whether the first line names the columns (``--header`` / ``--no-header``);
+            ``"infer"`` decides from the first line (see :func:`read_ratings`, :func:`read_pairs`).
+        user_col, item_col, rating_col: column name (case-insensitive) or 0-based position; None
+            recognises common names (``COLUMN_ALIASES``), or without a header takes positions 0, 1, 2.
+        time_col: like the others; None uses a recognised name, or without a header position 3
+            when present; False ignores timestamps (``--no-time``).
+        duplicates: several ratings of one (user, item) pair: ``"error"``, keep the ``"last"`` or
+            ``"first"``, or ``"mean"`` (average ratings, latest timestamp).
+        encoding: text encoding of delimited files (a UTF-8 byte-order mark is dropped).
+    """
+
+    sep: str | None = None
+    header: Literal["infer"] | bool = "infer"
+    user_col: Column = None
+    item_col: Column = None
+    rating_col: Column = None
+    time_col: Column | Literal[False] = None
+    duplicates: Literal["error", "last", "first", "mean"] = "error"
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        if self.duplicates not in _DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {_DUPLICATE_POLICIES}, got {self.duplicates!r}")
+        if self.header not in ("infer", True, False):
+            raise ValueError(f"header must be 'infer', True or False, got {self.header!r}")
+
+    def columns(self, roles: Sequence[str] = ("user", "item", "rating", "timestamp")) -> dict[str, Any]:
+        """The column choice of each of ``roles``."""
+        spec = {"user": self.user_col, "item": self.item_col, "rating": self.rating_col, "timestamp": self.time_col}
+        return {role: spec[role] for role in roles}
+
+
+def _options(options: ReaderOptions | None, kwargs: dict[str, Any]) -> ReaderOptions:
+    """``options`` with keyword overrides; unknown keywords are a TypeError, as for a plain call."""
+    try:
+        return replace(options, **kwargs) if options is not None else ReaderOptions(**kwargs)
+    except TypeError as e:
+        raise TypeError(f"unknown reader option: {e}; known: {', '.join(_FLAGS)}") from None
+
+
+def read_ratings(source: str | Path | pd.DataFrame | Ratings, options: ReaderOptions | None = None, *,
+                 rating_scale: tuple[float, float] | None = None, offset: float | None = None,
+                 **kwargs: Any) -> Ratings:
     """Read ratings from a file or DataFrame into normalised :class:`Ratings`.
 
     Args:
         source: path to a CSV / TSV / ``::`` / whitespace / ``;`` separated text file or a
             Parquet file, or a DataFrame (or Ratings, re-validated).
-        sep: field separator; None sniffs the first line: ``::`` if present, else tab, else
-            comma, else ``;``, else whitespace.
-        header: whether the first line names the columns; ``"infer"`` takes it as a header when
-            its rating field is not a number (or when columns are chosen by name).
-        user_col, item_col, rating_col: column name (case-insensitive) or 0-based position;
-            None recognises common names (see ``COLUMN_ALIASES``), or without a header takes
-            positions 0, 1, 2.
-        time_col: like the others; None uses a recognised name, or without a header position 3
-            when present; False ignores timestamps.
+        options: how to read it (:class:`ReaderOptions`); its fields may also be given as
+            keywords (``sep=``, ``header=``, ``user_col=``, ``item_col=``, ``rating_col=``,
+            ``time_col=``, ``duplicates=``, ``encoding=``), which override ``options``.
+            ``header="infer"`` takes the first line as a header when its rating field is not a
+            number (or when columns are chosen by name).
         rating_scale: (min, max); ratings outside it are an error. None takes the data's range.
-        duplicates: several ratings of one (user, item) pair: ``"error"``, keep the ``"last"``
-            or ``"first"``, or ``"mean"`` (average ratings, latest timestamp).
         offset: the shift into matrix units (see :class:`Ratings`); None derives it. Pass the
             training data's offset when reading its test file on its own.
-        encoding: text encoding of delimited files.
 
     Raises:
         DataError: anything wrong with the input, naming the source and the line or row.
     """
-    if duplicates not in _DUPLICATE_POLICIES:
-        raise ValueError(f"duplicates must be one of {_DUPLICATE_POLICIES}, got {duplicates!r}")
-    if header not in ("infer", True, False):
-        raise ValueError(f"header must be 'infer', True or False, got {header!r}")
+    opts = _options(options, kwargs)
     if rating_scale is not None:
         rating_scale = _check_scale(rating_scale)
-    cols = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
     from_text = False
     if isinstance(source, Ratings):
         label = source.source
@@ -190,28 +241,78 @@ def read_ratings(
         offset = source.offset if offset is None else offset
     elif isinstance(source, pd.DataFrame):
         label = "DataFrame"
-        raw, where = _select_frame(source, cols, label), _row_loc
+        raw, where = _select_frame(source, opts.columns(), label), _row_loc
     elif isinstance(source, (str, Path)):
-        path = Path(source)
-        label = str(path)
-        if not path.exists():
-            raise DataError(f"ratings file not found: {path}")
-        if not path.is_file():
-            raise DataError(f"{path}: not a file")
-        if _is_parquet(path):
-            raw, where = _read_parquet(path, cols), _row_loc
-        else:
-            raw, where = _read_text(path, sep, header, cols, encoding)
-            from_text = True
+        label = str(source)
+        raw, where, from_text = _read_source(_existing(source, "ratings"), opts, opts.columns(), _RATINGS)
     else:
         raise TypeError(f"read_ratings: source must be a path or a pandas DataFrame, got {type(source).__name__}")
-    return _normalise(raw, where, label, rating_scale, duplicates, offset, ids_are_text=from_text)
+    return _normalise(raw, where, label, rating_scale, opts.duplicates, offset, ids_are_text=from_text)
+
+
+def read_pairs(source: str | Path | pd.DataFrame, options: ReaderOptions | None = None,
+               **kwargs: Any) -> pd.DataFrame:
+    """(user, item) pairs to predict from a delimited text or Parquet file or a DataFrame.
+
+    Read as :func:`read_ratings` reads (same separators, compression, byte-order mark handling
+    and column choice by ``user_col`` / ``item_col``); other columns are ignored.
+    ``header="infer"`` takes the first line as a header when it names a user and an item column
+    (or when columns are chosen by name). Ids from text are kept as text (they are matched to a
+    model's ids as :meth:`IdMap.lookup` does).
+
+    Returns:
+        A DataFrame with columns ``user`` and ``item``, in file order.
+
+    Raises:
+        DataError: anything wrong with the input, naming the source and the line or row.
+    """
+    opts = _options(options, kwargs)
+    cols = opts.columns(("user", "item"))
+    if isinstance(source, pd.DataFrame):
+        label = "DataFrame"
+        raw, where = _select_frame(source, cols, label, what="pairs"), _row_loc
+    elif isinstance(source, (str, Path)):
+        label = str(source)
+        raw, where, _ = _read_source(_existing(source, "pairs"), opts, cols, _PAIRS)
+    else:
+        raise TypeError(f"read_pairs: source must be a path or a pandas DataFrame, got {type(source).__name__}")
+    _check_ids(raw, where, label)
+    return pd.DataFrame({role: raw[role].to_numpy() for role in ("user", "item")})
+
+
+def read_users(path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """User ids from a text file, one per line (blank lines skipped), for batch recommendations.
+
+    An optional first line ``user`` / ``user_id`` / ``userid`` (any case) is a header. Read with
+    the same line reader as :func:`read_ratings` (compression by extension, byte-order mark dropped).
+
+    Raises:
+        DataError: a missing or unreadable file, or one without user ids.
+    """
+    path = _existing(path, "users")
+    with open_text(path, encoding) as f:
+        users = [line.strip() for line in f if line.strip()]
+    if users and users[0].casefold() in ("user", "user_id", "userid"):
+        users = users[1:]
+    if not users:
+        raise DataError(f"{path}: no user ids (one per line expected)")
+    return users
+
+
+def _existing(source: str | Path, what: str) -> Path:
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{what} file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    return path
 
 
 def _check_scale(scale: Iterable[float]) -> tuple[float, float]:
     vals = tuple(float(v) for v in scale)
     if len(vals) != 2 or not np.all(np.isfinite(vals)) or not vals[0] < vals[1]:
-        raise DataError(f"rating_scale must be (min, max) with finite min < max, got {tuple(scale)}")
+        raise DataError(f"rating_scale must be (min, max) with finite min < max, got {tuple(scale)} "
+                        f"({option('rating_scale')})")
     return vals  # type: ignore[return-value]
 
 
@@ -228,6 +329,28 @@ def _is_parquet(path: Path) -> bool:
 
 def _opener(path: Path) -> Callable[..., Any]:
     return _OPENERS.get(path.suffix.lower(), open)
+
+
+def _text_encoding(encoding: str) -> str:
+    # utf-8-sig drops a byte-order mark that would otherwise stick to the first header name or id.
+    return "utf-8-sig" if encoding.replace("_", "-").lower() in ("utf-8", "utf8") else encoding
+
+
+@contextmanager
+def open_text(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
+    """The one way text inputs are opened: decompressed by extension (``.gz``, ``.bz2``, ``.xz``),
+    decoded with ``encoding`` (a UTF-8 byte-order mark dropped), line endings kept.
+
+    Raises:
+        DataError: the file cannot be read or decoded (also while iterating over it).
+    """
+    try:
+        with _opener(path)(path, "rt", encoding=_text_encoding(encoding), newline="") as f:
+            yield f
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: cannot be decoded as {encoding} text ({e}); pass {option('encoding')}") from e
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise DataError(f"{path}: cannot be read: {e}") from e
 
 
 def _is_number(text: str) -> bool:
@@ -255,76 +378,60 @@ def _split_line(line: str, sep: str) -> list[str]:
     return [f.strip() for f in re.split(sep, line)]  # pandas also treats longer separators as regexes
 
 
-def _read_text(path: Path, sep: str | None, header: Literal["infer"] | bool, cols: dict[str, Any],
-               encoding: str) -> tuple[pd.DataFrame, Callable[[int], str]]:
-    opener = _opener(path)
+@dataclass(frozen=True)
+class _Layout:
+    """What a kind of file holds: a label for messages and the rule whether the first line is a header."""
+
+    what: str
+    infer_header: Callable[[list[str], dict[str, Any]], bool]
+
+
+def _first_lines(path: Path, encoding: str) -> tuple[str | None, int, int]:
+    """The first non-blank line and the 0-based numbers of the first two non-blank lines (-1: none)."""
     first, first_idx, second_idx = None, -1, -1
-    try:
-        # utf-8-sig drops a byte-order mark that would otherwise stick to the first header name.
-        enc = "utf-8-sig" if encoding.replace("_", "-").lower() in ("utf-8", "utf8") else encoding
-        with opener(path, "rt", encoding=enc, newline="") as f:
-            # The first two non-blank lines: the parse starts at a non-blank one, since pandas takes the
-            # column count from its first row.
-            for i, line in enumerate(f):
-                if line.strip():
-                    if first is None:
-                        first, first_idx = line.rstrip("\r\n"), i
-                    else:
-                        second_idx = i
-                        break
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: cannot be decoded as {encoding} text ({e}); pass encoding=...") from e
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read: {e}") from e
+    with open_text(path, encoding) as f:
+        for i, line in enumerate(f):
+            if line.strip():
+                if first is not None:
+                    second_idx = i
+                    break
+                first, first_idx = line.rstrip("\r\n"), i
+    return first, first_idx, second_idx
+
+
+def _read_source(path: Path, opts: ReaderOptions, cols: dict[str, Any],
+                 layout: _Layout) -> tuple[pd.DataFrame, Callable[[int], str], bool]:
+    """Raw columns (named by role) of a Parquet or text file, the row -> location function, and
+    whether the ids came from text."""
+    if _is_parquet(path):
+        return _read_parquet(path, cols, layout), _row_loc, False
+    return (*_read_text(path, opts, cols, layout), True)
+
+
+def _read_text(path: Path, opts: ReaderOptions, cols: dict[str, Any],
+               layout: _Layout) -> tuple[pd.DataFrame, Callable[[int], str]]:
+    # The parse starts at the first non-blank line, since pandas takes the column count from its first row.
+    first, first_idx, second_idx = _first_lines(path, opts.encoding)
     if first is None:
-        raise DataError(f"{path}: the file is empty (no rows)")
-    sep = sep or _sniff(first)
+        raise DataError(f"{path}: the file is empty (no {layout.what})")
+    sep = opts.sep or _sniff(first)
     fields = _split_line(first, sep)
-    if header == "infer":
-        has_header = _infer_header(fields, cols)
-        inferred = True
-    else:
-        has_header, inferred = bool(header), False
+    inferred = opts.header == "infer"
+    has_header = layout.infer_header(fields, cols) if inferred else bool(opts.header)
     names = fields if has_header else None
     pos = _resolve_columns(names, len(fields), cols, str(path), inferred_header=inferred)
-
     if has_header and second_idx < 0:
-        raise DataError(f"{path}: no ratings: the file has a header line but no data rows")
+        raise DataError(f"{path}: no {layout.what}: the file has a header line but no data rows")
     skip = second_idx if has_header else first_idx
-    id_pos = {pos["user"], pos["item"]}
-    kw: dict[str, Any] = {
-        # No usecols: with it pandas silently ignores surplus fields, which usually mean a shifted record.
-        "header": None, "skiprows": skip, "dtype": {p: str for p in id_pos},
-        "skip_blank_lines": False,  # keeps row -> line arithmetic exact; blank rows are dropped later
-        "keep_default_na": False, "na_values": [""],  # ids such as "NA" or "null" stay ids
-        "low_memory": False, "encoding": encoding,
-    }
-    if sep in (",", ";"):
-        kw["skipinitialspace"] = True
-    try:
-        if sep == "::":
-            df = _read_double_colon(path, opener, kw)
-        else:
-            kw["sep"] = sep
-            if len(sep) > 1 and sep != r"\s+":
-                kw.pop("low_memory")  # not an option of the python engine, which regex separators need
-                kw["engine"] = "python"
-            df = pd.read_csv(path, compression="infer", **kw)
-    except pd.errors.ParserError as e:
-        raise DataError(f"{path}: malformed line: {e}") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: cannot be decoded as {encoding} text ({e}); pass encoding=...") from e
-    except pd.errors.EmptyDataError as e:
-        raise DataError(f"{path}: no ratings: the file has no data rows") from e
-    except ValueError as e:
-        raise DataError(f"{path}: cannot be parsed: {e}") from e
-
+    df = _parse_table(path, sep, skip, {pos['user'], pos['item']}, opts.encoding)
     df = df[[p for p in pos.values() if p is not None]]
     df.columns = [r for r, p in pos.items() if p is not None]
+    for role in ("user", "item"):  # stray spaces around ids (e.g. "u1\t m1") are never part of them
+        df[role] = df[role].str.strip()
     df = df[df.notna().any(axis=1)]  # blank lines
     if len(df) == 0:
         what = "has a header line but no data rows" if has_header else "has no data rows"
-        raise DataError(f"{path}: no ratings: the file {what}")
+        raise DataError(f"{path}: no {layout.what}: the file {what}")
 
     def where(row: int) -> str:
         return f"line {row + skip + 1}"
@@ -332,9 +439,38 @@ def _read_text(path: Path, sep: str | None, header: Literal["infer"] | bool, col
     return df, where
 
 
-def _read_double_colon(path: Path, opener: Callable[..., Any], kw: dict[str, Any]) -> pd.DataFrame:
+def _parse_table(path: Path, sep: str, skip: int, id_pos: set[int], encoding: str) -> pd.DataFrame:
+    """All fields of the rows after ``skip`` lines; ids (``id_pos``) as text, empty fields NaN."""
+    kw: dict[str, Any] = {
+        # No usecols: with it pandas silently ignores surplus fields, which usually mean a shifted record.
+        "header": None, "skiprows": skip, "dtype": {p: str for p in id_pos},
+        "skip_blank_lines": False,  # keeps row -> line arithmetic exact; blank rows are dropped later
+        "keep_default_na": False, "na_values": [""],  # ids such as "NA" or "null" stay ids
+        "low_memory": False, "encoding": _text_encoding(encoding),
+    }
+    if sep in (",", ";"):
+        kw["skipinitialspace"] = True
+    try:
+        if sep == "::":
+            return _read_double_colon(path, kw)
+        kw["sep"] = sep
+        if len(sep) > 1 and sep != r"\s+":
+            kw.pop("low_memory")  # not an option of the python engine, which regex separators need
+            kw["engine"] = "python"
+        return pd.read_csv(path, compression="infer", **kw)
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: malformed line: {e}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: cannot be decoded as {encoding} text ({e}); pass {option('encoding')}") from e
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path}: the file has no data rows") from e
+    except ValueError as e:
+        raise DataError(f"{path}: cannot be parsed: {e}") from e
+
+
+def _read_double_colon(path: Path, kw: dict[str, Any]) -> pd.DataFrame:
     """``::`` files through the fast C parser: the separator becomes one unused control byte."""
-    with opener(path, "rb") as f:
+    with _opener(path)(path, "rb") as f:
         data = f.read()
     for byte in (b"\x1f", b"\x1e", b"\x1d", b"\t", b"|"):
         if byte not in data:
@@ -343,9 +479,9 @@ def _read_double_colon(path: Path, opener: Callable[..., Any], kw: dict[str, Any
     return pd.read_csv(io.BytesIO(data), sep="::", engine="python", **kw)
 
 
-def _infer_header(fields: list[str], cols: dict[str, Any]) -> bool:
-    """Whether the first line is a header: its rating field (where a header-less read would
-    look for it) is not a number, or columns are chosen by name."""
+def _ratings_header(fields: list[str], cols: dict[str, Any]) -> bool:
+    """Whether the first line of a ratings file is a header: its rating field (where a header-less
+    read would look for it) is not a number, or columns are chosen by name."""
     if any(isinstance(c, str) for c in cols.values()):
         return True
     try:
@@ -357,73 +493,94 @@ def _infer_header(fields: list[str], cols: dict[str, Any]) -> bool:
     return not _is_number(fields[rpos])
 
 
+def _pairs_header(fields: list[str], cols: dict[str, Any]) -> bool:
+    """Whether the first line of a pairs file is a header: it names a user and an item column,
+    or columns are chosen by name (ids need not be numbers, so no number test)."""
+    if any(isinstance(c, str) for c in cols.values()):
+        return True
+    folded = {f.casefold() for f in fields}
+    return all(any(a in folded for a in COLUMN_ALIASES[role]) for role in ("user", "item"))
+
+
+_RATINGS = _Layout("ratings", _ratings_header)
+_PAIRS = _Layout("pairs", _pairs_header)
+
+
 def _resolve_columns(names: list[str] | None, ncols: int, cols: dict[str, Any], source: str, *,
                      inferred_header: bool = False) -> dict[str, int | None]:
-    """0-based position of each role (timestamp may be None).
+    """0-based position of each role in ``cols`` (timestamp may be None).
 
     Explicit choices are resolved first, so defaults never claim a column the caller named.
     """
-    avail = ", ".join(repr(n) for n in names) if names is not None else ""
-    how = "Choose columns with user_col=, item_col=, rating_col= (and time_col=) by name or by 0-based position"
     note = ""
     if inferred_header and names is not None:
-        note = (" (the first line was taken as a header since its rating field is not a number; pass header=False "
-                "if it is data)")
+        note = (" (the first line was taken as a header since it does not look like data; pass "
+                f"{option('header', False)} if it is data)")
     out: dict[str, int | None] = {}
-    for role in _ROLES:
-        spec, opt = cols[role], _OPTION[role]
-        if spec is None:
-            continue
-        if role == "timestamp" and spec is False:
-            out[role] = None
-        elif isinstance(spec, bool):
-            raise DataError(f"{source}: {opt}={spec!r} is not a column name or position")
-        elif isinstance(spec, (int, np.integer)):
-            if not 0 <= spec < ncols:
-                raise DataError(f"{source}: {opt}={spec} is out of range: the data has {ncols} column(s), "
-                                f"0-based positions 0..{ncols - 1}")
-            out[role] = int(spec)
-        elif isinstance(spec, str):
-            if names is None:
-                raise DataError(f"{source}: {opt}={spec!r} names a column, but the data is read without a header "
-                                "line; choose columns by 0-based position instead (or pass header=True)")
-            hit = [k for k, n in enumerate(names) if n == spec] or \
-                  [k for k, n in enumerate(names) if n.casefold() == spec.casefold()]
-            if not hit:
-                raise DataError(f"{source}: column {spec!r} ({opt}) not found; available columns: {avail}{note}")
-            out[role] = hit[0]
-        else:
-            raise DataError(f"{source}: {opt} must be a column name, a 0-based position or None, got {spec!r}")
+    for role, spec in cols.items():
+        if spec is not None:
+            out[role] = _explicit_column(role, spec, names, ncols, source, note)
     chosen = {r: p for r, p in out.items() if p is not None}
     if len(set(chosen.values())) != len(chosen):
-        raise DataError(f"{source}: several of user_col, item_col, rating_col, time_col name the same column: "
-                        f"{ {_OPTION[r]: cols[r] for r in chosen} }")
-
-    for role in _ROLES:
-        if role in out:
-            continue
-        taken = {p for p in out.values() if p is not None}
-        if names is not None:
-            folded = [n.casefold() for n in names]
-            hit = [k for a in COLUMN_ALIASES[role] for k, n in enumerate(folded) if n == a and k not in taken]
-        else:
-            hit = [p for p in range(ncols) if p not in taken]  # header-less: the next free position
-        if hit:
-            out[role] = hit[0]
-        elif role == "timestamp":
-            out[role] = None
-        elif names is not None:
-            opt = _OPTION[role]
-            raise DataError(f"{source}: no {role} column found; looked for {', '.join(COLUMN_ALIASES[role])} "
-                            f"(any case); available columns: {avail}{note}. {how}, e.g. {opt}={names[0]!r} or "
-                            f"{opt}=0")
-        else:
-            raise DataError(f"{source}: no {role} column: the data has only {ncols} column(s) "
-                            f"(need user, item and rating). {how}")
+        raise DataError(f"{source}: several of {', '.join(_FLAGS[_OPTION[r]] for r in chosen)} name the same "
+                        f"column: { {_OPTION[r]: cols[r] for r in chosen} }")
+    for role in cols:
+        if role not in out:
+            out[role] = _default_column(role, names, ncols, out, source, note)
     return out
 
 
-def _select_frame(frame: pd.DataFrame, cols: dict[str, Any], source: str) -> pd.DataFrame:
+def _explicit_column(role: str, spec: Any, names: list[str] | None, ncols: int, source: str,
+                     note: str) -> int | None:
+    opt = _OPTION[role]
+    if role == "timestamp" and spec is False:
+        return None
+    if isinstance(spec, bool):
+        raise DataError(f"{source}: {opt}={spec!r} is not a column name or position")
+    if isinstance(spec, (int, np.integer)):
+        if not 0 <= spec < ncols:
+            raise DataError(f"{source}: {option(opt, int(spec))} is out of range: the data has {ncols} column(s), "
+                            f"0-based positions 0..{ncols - 1}")
+        return int(spec)
+    if not isinstance(spec, str):
+        raise DataError(f"{source}: {opt} must be a column name, a 0-based position or None, got {spec!r}")
+    if names is None:
+        raise DataError(f"{source}: {option(opt, spec)} names a column, but the data is read without a header "
+                        f"line; choose columns by 0-based position instead (or pass {option('header', True)})")
+    hit = [k for k, n in enumerate(names) if n == spec] or \
+          [k for k, n in enumerate(names) if n.casefold() == spec.casefold()]
+    if not hit:
+        avail = ", ".join(repr(n) for n in names)
+        raise DataError(f"{source}: column {spec!r} ({_FLAGS[opt]}, {opt}) not found; available columns: "
+                        f"{avail}{note}")
+    return hit[0]
+
+
+def _default_column(role: str, names: list[str] | None, ncols: int, out: dict[str, int | None], source: str,
+                    note: str) -> int | None:
+    """A recognised column name, or without a header the next free position."""
+    taken = {p for p in out.values() if p is not None}
+    if names is not None:
+        folded = [n.casefold() for n in names]
+        hit = [k for a in COLUMN_ALIASES[role] for k, n in enumerate(folded) if n == a and k not in taken]
+    else:
+        hit = [p for p in range(ncols) if p not in taken]
+    if hit:
+        return hit[0]
+    if role == "timestamp":
+        return None
+    how = ("Choose columns with --user-col, --item-col, --rating-col (and --time-col) or in Python user_col=, "
+           "item_col=, rating_col=, time_col=, by name or by 0-based position")
+    needed = ", ".join(r for r in out if r != "timestamp") + (", " if out else "") + role
+    if names is not None:
+        opt = _OPTION[role]
+        raise DataError(f"{source}: no {role} column found; looked for {', '.join(COLUMN_ALIASES[role])} "
+                        f"(any case); available columns: {', '.join(repr(n) for n in names)}{note}. {how}, "
+                        f"e.g. {_FLAGS[opt]} {names[0]} or {opt}=0")
+    raise DataError(f"{source}: no {role} column: the data has only {ncols} column(s) (need {needed}). {how}")
+
+
+def _select_frame(frame: pd.DataFrame, cols: dict[str, Any], source: str, what: str = "ratings") -> pd.DataFrame:
     cols_idx = frame.columns
     # Columns labelled 0..n-1 (e.g. built from a numpy array) act like a header-less file.
     positional = list(cols_idx) == list(range(len(cols_idx)))
@@ -432,13 +589,11 @@ def _select_frame(frame: pd.DataFrame, cols: dict[str, Any], source: str) -> pd.
     take = {role: p for role, p in pos.items() if p is not None}
     out = pd.DataFrame({role: frame.iloc[:, p].reset_index(drop=True) for role, p in take.items()})
     if len(out) == 0:
-        raise DataError(f"{source}: no ratings: the data has no rows")
+        raise DataError(f"{source}: no {what}: the data has no rows")
     return out
 
 
-def _read_parquet(path: Path, cols: dict[str, Any]) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
+def _read_parquet(path: Path, cols: dict[str, Any], layout: _Layout) -> pd.DataFrame:
     try:
         names = list(pq.read_schema(path).names)
         names = [n for n in names if not n.startswith("__index_level_")]  # pandas' stored index
@@ -451,19 +606,23 @@ def _read_parquet(path: Path, cols: dict[str, Any]) -> pd.DataFrame:
         raise DataError(f"{path}: cannot be read as Parquet: {e}") from e
     out = pd.DataFrame({role: frame[name].reset_index(drop=True) for role, name in want.items()})
     if len(out) == 0:
-        raise DataError(f"{path}: no ratings: the file has no rows")
+        raise DataError(f"{path}: no {layout.what}: the file has no rows")
     return out
 
 
-def _normalise(df: pd.DataFrame, where: Callable[[int], str], source: str, rating_scale: tuple[float, float] | None,
-               duplicates: str, offset: float | None, *, ids_are_text: bool) -> Ratings:
-    """Validate raw columns (index = position for ``where``) and build Ratings."""
+def _check_ids(df: pd.DataFrame, where: Callable[[int], str], source: str) -> None:
     for role in ("user", "item"):
         bad = df[role].isna().to_numpy()
         if bad.any():
             k = int(np.argmax(bad))
             raise DataError(f"{source}: {where(int(df.index[k]))}: missing {role} id "
                             f"({int(bad.sum())} row(s) without one)")
+
+
+def _normalise(df: pd.DataFrame, where: Callable[[int], str], source: str, rating_scale: tuple[float, float] | None,
+               duplicates: str, offset: float | None, *, ids_are_text: bool) -> Ratings:
+    """Validate raw columns (index = position for ``where``) and build Ratings."""
+    _check_ids(df, where, source)
 
     raw = df["rating"]
     missing = raw.isna().to_numpy()
@@ -480,6 +639,7 @@ def _normalise(df: pd.DataFrame, where: Callable[[int], str], source: str, ratin
         k = int(np.argmax(bad))
         raise DataError(f"{source}: {where(int(df.index[k]))}: rating {_show(raw.iloc[k])} is not a finite number "
                         f"({int(bad.sum())} such row(s)); ratings must be numeric")
+    _check_float32(values, df.index, where, source)
     if rating_scale is not None:
         lo, hi = rating_scale
         out = (values < lo) | (values > hi)
@@ -503,6 +663,20 @@ def _normalise(df: pd.DataFrame, where: Callable[[int], str], source: str, ratin
     return Ratings(out.reset_index(drop=True), source=source, rating_scale=rating_scale, offset=offset)
 
 
+def _check_float32(values: np.ndarray, index: pd.Index, where: Callable[[int], str],
+                   source: str) -> None:
+    """Ratings are stored as float32: one that would underflow to 0 (or a subnormal) or overflow to
+    infinity there would silently vanish or break training, so it is an error naming the line."""
+    info = np.finfo(np.float32)
+    size = np.abs(values)
+    bad = ((size > 0) & (size < info.tiny)) | (size > info.max)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise DataError(f"{source}: {where(int(index[k]))}: rating {values[k]:g} cannot be stored as a "
+                        f"float32 (magnitudes from {info.tiny:.3g} to {info.max:.3g}, or 0) ({int(bad.sum())} such "
+                        "row(s)); rescale the ratings")
+
+
 def _tidy_ids(col: pd.Series, from_text: bool) -> pd.Series:
     if from_text:
         # Text ids become int64 only when every one is a canonical integer, so "007" stays "007".
@@ -522,7 +696,7 @@ def _tidy_ids(col: pd.Series, from_text: bool) -> pd.Series:
 
 
 def _parse_time(col: pd.Series, where: Callable[[int], str], source: str) -> pd.Series:
-    hint = "pass time_col=False to ignore timestamps, or time_col= to pick another column"
+    hint = f"pass {option('time_col', False)} to ignore timestamps, or {option('time_col')} to pick another column"
     missing = col.isna().to_numpy()
     if missing.any():
         k = int(np.argmax(missing))
@@ -555,8 +729,8 @@ def _dedupe(df: pd.DataFrame, policy: str, where: Callable[[int], str], source: 
         at = f"{where(int(df.index[same[0]]))} and {where(int(df.index[j]))}"
         raise DataError(
             f"{source}: duplicate rating for user {_show(u)} and item {_show(i)} at {at} ({int(later.sum())} "
-            "duplicate row(s) in all); pass duplicates='last' to keep the last rating of each pair or "
-            "duplicates='mean' to average them")
+            f"duplicate row(s) in all); pass {option('duplicates', 'last')} to keep the last rating of each pair "
+            f"or {option('duplicates', 'mean')} to average them")
     if policy in ("last", "first"):
         return df[~df.duplicated(key, keep=policy).to_numpy()]
     # groupby(sort=False) orders groups by first occurrence, as the first-occurrence rows are.
@@ -715,11 +889,16 @@ def _build(ratings: Ratings, ids: IdMap, offset: float, unknown: str, what: str)
         raise DataError(f"{ratings.source}: {what} rating {vals.min() - offset:g} is <= 0 after the offset "
                         f"{offset:g}, which a matrix cannot hold (0 means 'not rated'); read the files with a "
                         "rating_scale covering all ratings")
+    vals32 = vals.astype(np.float32)
+    lost = ~(np.isfinite(vals32) & (vals32 > 0))  # underflow to 0 (or overflow) in the matrix's float32
+    if lost.any():
+        raise DataError(f"{ratings.source}: {what} rating {vals[lost][0] - offset:g} cannot be stored as a float32 "
+                        "matrix entry (it would become 0, i.e. 'not rated', or infinite); rescale the ratings")
     shape = (ids.n_items, ids.n_users)
-    m = sp.csr_matrix((vals.astype(np.float32), (i[keep], u[keep])), shape=shape)
+    m = sp.csr_matrix((vals32, (i[keep], u[keep])), shape=shape)
     if m.nnz != len(vals):  # csr construction silently sums duplicates
         raise DataError(f"{ratings.source}: {what} ratings hold {len(vals) - m.nnz} duplicate (user, item) pair(s); "
-                        "read them with read_ratings(duplicates='last' or 'mean')")
+                        f"read them with {option('duplicates', 'last')} or {option('duplicates', 'mean')}")
     return m, n_bad
 
 
@@ -738,7 +917,7 @@ def to_rating_matrix(train: Ratings, test: Ratings | None = None, val: Ratings |
     lo, hi = train.rating_scale
     if not lo < hi:
         raise DataError(f"{train.source}: every training rating is {lo:g}, so the rating scale is unknown; pass "
-                        "rating_scale=(min, max) to read_ratings")
+                        f"{option('rating_scale', '(MIN MAX)')} to read_ratings")
     ids = IdMap.from_ratings(train)
     off = float(train.offset)
     m_train, _ = _build(train, ids, off, "error", "training")

@@ -126,7 +126,7 @@ def _time_key(r: Ratings) -> np.ndarray:
     if not r.has_timestamp:
         raise DataError(
             f"{r.source}: the time-based holdout needs a timestamp column, but these ratings have none; read them "
-            f"with read_ratings(..., time_col='<column name>' or a 0-based position) (recognised names: "
+            f"with --time-col NAME (Python: time_col='<column name>' or a 0-based position) (recognised names: "
             f"{', '.join(COLUMN_ALIASES['timestamp'])})")
     # A dense rank orders numbers, datetimes and tz-aware datetimes alike; ties stay ties.
     return r.df["timestamp"].rank(method="dense").to_numpy(dtype=np.float64)
