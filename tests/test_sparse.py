@@ -101,7 +101,7 @@ def test_sampled_mm_forward_equals_dense_product_at_pattern():
 
 
 def test_sampled_addmm_supports_float64_on_cpu():
-    """The float64 gradchecks of the sparse path rely on torch.sparse.sampled_addmm in float64 on CPU."""
+    """The float64 gradchecks of sparse execution rely on torch.sparse.sampled_addmm in float64 on CPU."""
     rng = np.random.default_rng(6)
     m = random_csr(5, 4, 0.5, seed=6)
     coo = m.tocoo()
