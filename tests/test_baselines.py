@@ -6,22 +6,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from glocalk.baselines import BiasedMF, Biases, GlobalMean, entries, fit_biases, make_baseline
 from glocalk.data.matrix import RatingMatrix
+from glocalk.data.synthetic import BiasSignal, bias_ratings
 from glocalk.metrics import rmse
 
 
 def biased_data(n_items: int = 60, n_users: int = 50, density: float = 0.4, seed: int = 0) -> RatingMatrix:
     """Ratings = 3 + strong item and user biases + small noise, rounded to 1..5; 20% test."""
-    rng = np.random.default_rng(seed)
-    b_i, b_u = rng.normal(0, 0.9, n_items), rng.normal(0, 0.7, n_users)
-    r = np.clip(np.rint(3 + b_i[:, None] + b_u[None, :] + rng.normal(0, 0.3, (n_items, n_users))), 1, 5)
-    observed = rng.random(r.shape) < density
-    is_test = observed & (rng.random(r.shape) < 0.2)
-    return RatingMatrix(sp.csr_matrix(np.where(observed & ~is_test, r, 0.0)),
-                        sp.csr_matrix(np.where(is_test, r, 0.0)), rating_scale=(1.0, 5.0), name="biased")
+    return bias_ratings(n_items, n_users, density, seed, BiasSignal(item_sd=0.9, user_sd=0.7, noise=0.3),
+                        name="biased")
 
 
 @pytest.fixture(scope="module")

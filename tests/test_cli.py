@@ -92,6 +92,8 @@ def test_train_argument_errors(fake_dataset, tmp_path, capsys):
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert "no summary.json" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "nothing to report: give run folders" in capsys.readouterr().err
 
 
 def _epoch_log(path):
@@ -145,7 +147,10 @@ def test_unwritable_output_is_a_message_naming_the_path(fake_dataset, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("glocalk: error: ") and str(tmp_path) in err and "Traceback" not in err
     if make_out is _under_a_file:
+        assert f"{out}: Not a directory (a part of the path is a file, not a folder)" in err
         assert (tmp_path / "file").read_text() == "mine"  # never touched
+    if make_out is _summary_is_a_folder:
+        assert f"{out / 'summary.json'}: Is a directory (a folder is there; give a file name)" in err
 
 
 def test_read_only_folder_is_a_message_naming_the_path(fake_dataset, tmp_path, capsys, monkeypatch):

@@ -18,7 +18,8 @@ import torch
 from glocalk.cli import app as cli
 from glocalk.cli import fit as cli_fit
 from glocalk.cli.app import build_parser, main
-from glocalk.estimator import GLocalKRecommender, example_ratings
+from glocalk.data.synthetic import example_ratings
+from glocalk.estimator import GLocalKRecommender
 
 TINY = ["--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",
         "--threads", "1", "--quiet"]

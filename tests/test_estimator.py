@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import read_ratings, to_rating_matrix
+from glocalk.data.synthetic import example_ratings
 from glocalk.errors import CheckpointError, DataError
-from glocalk.estimator import GLocalKRecommender, cross_validate, example_ratings
+from glocalk.estimator import GLocalKRecommender, cross_validate
 
 # Tiny settings: the suite runs on 2 shared cores.
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)

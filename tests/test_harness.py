@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 import glocalk.compare.harness as bench
 from glocalk.baselines import entries
 from glocalk.compare.harness import MODELS, benchmark_split, run_benchmark
 from glocalk.data.matrix import RatingMatrix
+from glocalk.data.synthetic import BiasSignal, bias_ratings
 from glocalk.metrics import evaluate
 
 TINY = {"n_hid": 8, "epoch_p": 2, "epoch_f": 2, "iter_p": 2, "iter_f": 2}
@@ -23,15 +23,7 @@ SEEDS = [1, 2]
 
 def tiny_data(seed: int = 0) -> RatingMatrix:
     """60 items x 50 users, biases plus a rank-2 signal, 1..5; 20% of the ratings are test."""
-    rng = np.random.default_rng(seed)
-    n_items, n_users = 60, 50
-    signal = 3 + rng.normal(0, 0.8, (n_items, 1)) + rng.normal(0, 0.5, (1, n_users)) \
-        + rng.normal(0, 0.6, (n_items, 2)) @ rng.normal(0, 0.6, (2, n_users))
-    r = np.clip(np.rint(signal + rng.normal(0, 0.3, signal.shape)), 1, 5)
-    observed = rng.random(r.shape) < 0.35
-    is_test = observed & (rng.random(r.shape) < 0.2)
-    return RatingMatrix(sp.csr_matrix(np.where(observed & ~is_test, r, 0.0)),
-                        sp.csr_matrix(np.where(is_test, r, 0.0)), rating_scale=(1.0, 5.0), name="tiny")
+    return bias_ratings(60, 50, 0.35, seed, BiasSignal(item_sd=0.8, user_sd=0.5, noise=0.3, rank=2, factor_sd=0.6))
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from glocalk.compare.harness import markdown_table
 from glocalk.compare.report import epoch_table, load_summary, mean_std, results_table
 from glocalk.errors import ConfigError, DataError
 from glocalk.presets import PAPER_CAPTION, PAPER_RESULTS
@@ -118,3 +119,14 @@ def test_epoch_table_every_nth_and_the_last(tmp_path):
     rows = _rows(epoch_table(log, every=3))
     assert [r[0] for r in rows] == ["3", "6", "7"]
     assert rows[1][1:5] == ["2", "994", "1.0000", "0.9060"]
+
+
+def test_benchmark_table_and_report_share_the_papers_caption():
+    """One table of the paper's numbers, one caption: the benchmark's table.md row and glocalk report's row."""
+    results = {"dataset": "douban", "seeds": [1], "models": [], "val_frac": 0.05, "summary": {}, "runs": [],
+               "paper": PAPER_RESULTS["douban"], "params": {}, "variants": {}, "device_description": "cpu",
+               "wall_time_s": 1.0}
+    bench_row = next(line for line in markdown_table(results).splitlines() if "Han et al." in line)
+    report_row = _rows(results_table([{**SUMMARY, "dataset": "douban"}]))[0]
+    assert bench_row.startswith(f"| *{PAPER_CAPTION}* | 0.7208 | 0.5622 | 0.9435 |")  # SPEC.md's Douban figures
+    assert report_row[1] == PAPER_CAPTION and report_row[4:7] == ["0.7208", "0.5622", "0.9435"]

@@ -73,6 +73,19 @@ def test_validation_split_on_train():
     pd.testing.assert_frame_equal(val.df, validation_split(train, frac=0.25, seed=1)[1].df)
 
 
+def test_validation_split_of_a_table_draws_as_the_matrix_split():
+    # One draw: the table's rows in the matrix's row-major order (item, then user) give the same validation set.
+    r = make(n_users=9, per_user=7)
+    table = Ratings(r.df.sort_values(["item", "user"], ignore_index=True), rating_scale=r.rating_scale)
+    m = to_rating_matrix(table)
+    for seed in (0, 5):
+        _, val = validation_split(table, frac=0.3, seed=seed)
+        coo = m.with_validation(0.3, seed=seed).val.tocoo()
+        by_matrix = {(m.user_ids[u], m.item_ids[i]) for i, u in zip(coo.row, coo.col, strict=True)}
+        assert len(val) == round(0.3 * 63) == 19
+        assert keys(val) == by_matrix
+
+
 def test_per_user_holdout_fractions_and_small_users():
     df = pd.DataFrame({"user": ["a"] * 10 + ["b"] * 5 + ["c"] * 2 + ["d"],
                        "item": list(range(10)) + list(range(5)) + [0, 1] + [0],

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
 from glocalk.data.matrix import RatingMatrix
-from glocalk.data.synthetic import make_ratings, sample_cells, true_scores
+from glocalk.data.synthetic import BiasSignal, bias_ratings, example_ratings, make_ratings, sample_cells, true_scores
 
 
 def _all(data: RatingMatrix) -> sp.csr_matrix:
@@ -125,3 +126,32 @@ def test_true_scores_needs_a_synthetic_matrix():
     plain = RatingMatrix(train=sp.csr_matrix(np.array([[1.0, 2.0]], dtype=np.float32)))
     with pytest.raises(ValueError):
         true_scores(plain, np.array([0]), np.array([0]))
+
+
+# --------------------------------------------------------------------------- toy data
+
+
+def test_example_ratings_look_like_a_users_files():
+    train, test = example_ratings(n_users=20, n_items=30, density=0.5, seed=2)
+    assert list(train.columns) == ["user", "item", "rating", "timestamp"]
+    assert train["user"].str.fullmatch(r"u\d{3}").all() and train["item"].str.fullmatch(r"m\d{4}").all()
+    assert set(test["user"]) <= set(train["user"]) and set(test["item"]) <= set(train["item"])
+    both = pd.concat([train, test])
+    assert not both.duplicated(["user", "item"]).any() and both["timestamp"].is_unique
+    assert len(both) <= 300 and len(test) <= round(0.2 * 300)  # test keeps only known ids
+    assert set(both["rating"]) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_bias_ratings_follow_their_biases():
+    n_items, n_users = 80, 60
+    d = bias_ratings(n_items, n_users, density=0.5, seed=4, signal=BiasSignal(item_sd=1.0, user_sd=0.0, noise=0.1))
+    assert d.shape == (n_items, n_users) and d.train.multiply(d.test).nnz == 0
+    both = _all(d)
+    assert set(np.unique(both.data)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert abs(both.nnz / (n_items * n_users) - 0.5) < 0.05 and abs(d.test.nnz / both.nnz - 0.2) < 0.05
+    # No user bias and little noise: every item's ratings (nearly) agree with each other.
+    dense = both.toarray()
+    spread = [np.ptp(row[row > 0]) for row in dense if (row > 0).sum() > 1]
+    assert np.mean(np.array(spread) <= 1) > 0.95
+    again = bias_ratings(n_items, n_users, density=0.5, seed=4, signal=BiasSignal(item_sd=1.0, user_sd=0.0, noise=0.1))
+    assert (again.train != d.train).nnz == 0

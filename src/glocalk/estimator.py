@@ -563,31 +563,6 @@ def cross_validate(estimator: GLocalKRecommender, data: Any, folds: int = 5, see
     return out
 
 
-def example_ratings(n_users: int = 60, n_items: int = 80, density: float = 0.25, test_frac: float = 0.2,
-                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A small synthetic ratings set as (train, test) DataFrames of user, item, rating, timestamp.
-
-    ``synthetic.make_ratings`` (a rank-2 signal plus noise, uniform popularity, 1..5 stars) with
-    string ids (``u001``, ``m0001``) and distinct timestamps; the test part keeps only ratings whose
-    user and item occur in the training part. Used by the README's own-data walk-through and the tests.
-    """
-    from glocalk.data.synthetic import make_ratings
-
-    m = make_ratings(n_users, n_items, int(round(density * n_users * n_items)), rank=2, noise=0.2,
-                     zipf_items=0.0, zipf_users=0.0, test_frac=test_frac, seed=seed)
-    rng = np.random.default_rng(seed)
-    frames = []
-    for split in (m.train, m.test):
-        coo = split.tocoo()
-        frames.append(pd.DataFrame({"user": [f"u{u + 1:03d}" for u in coo.col],
-                                    "item": [f"m{i + 1:04d}" for i in coo.row], "rating": coo.data.astype(float)}))
-    stamps = 1_700_000_000 + 60 * rng.permutation(len(frames[0]) + len(frames[1]))
-    train, test = (f.assign(timestamp=t).sort_values(["user", "item"], ignore_index=True)
-                   for f, t in zip(frames, np.split(stamps, [len(frames[0])]), strict=True))
-    known = test["user"].isin(train["user"]) & test["item"].isin(train["item"])
-    return train, test[known].reset_index(drop=True)
-
-
 # -- training one member ---------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from glocalk.cli import compare, fit, options, train
@@ -15,6 +16,15 @@ from glocalk.errors import GlocalkError
 
 USER_ERROR = 2
 INTERRUPTED = 130
+# What the terse system reasons mean for a path given on the command line.
+OS_ERROR_HINTS = {
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "a folder is there; give a file name",
+    errno.EEXIST: "a file is there where a folder is needed",
+    errno.EACCES: "check the permissions of the path and its folder",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "the disk is full",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def describe_os_error(e: OSError) -> str:
-    """A file the system refused, named: ``PATH: reason`` (both paths of a failed rename)."""
-    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 is not None else "")
-    reason = e.strerror or e.__class__.__name__
-    return f"{where}: {reason}"
+    """A path the system refused, named: ``PATH: reason (hint)``; for a rename, its destination (the user's path)."""
+    where = e.filename2 if e.filename2 is not None else e.filename
+    hint = OS_ERROR_HINTS.get(e.errno)
+    return f"{where}: {e.strerror or e.__class__.__name__}" + (f" ({hint})" if hint else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``glocalk report``: the Markdown table of runs, or of one epoch log."""
     if args.epochs:
         print(epoch_table(args.epochs, every=args.every), end="")
+    elif not args.runs:
+        raise ConfigError("nothing to report: give run folders (or their summary.json), or --epochs FILE")
     else:
         summaries = [load_summary(p) for p in args.runs]
         print(results_table(summaries, with_paper=not args.no_paper), end="")

@@ -36,25 +36,19 @@ may supply their own copies, e.g. the 3-column ``ratings.dat``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
-import os
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 import h5py
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from glocalk.data.download import DatasetInfo, download, find_dir, resolve_data_dir, sha256_file
 from glocalk.data.matrix import RatingMatrix
+from glocalk.data.readers import open_text, opener, split_fields
 from glocalk.errors import DataError
 
 __all__ = [
@@ -67,14 +61,12 @@ __all__ = [
     "load_ml1m",
     "load_monti",
     "ml1m_split",
-    "resolve_data_dir",
+    "resolve_data_dir",  # re-exported from glocalk.data.download, as DatasetInfo and sha256_file
     "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
 
-ENV_DATA = "GLOCALK_DATA"
-ENV_DOWNLOAD_BASE = "GLOCALK_DOWNLOAD_BASE"
 MOVIELENS_SCALE = (1.0, 5.0)
 ML1M_SEED = 1234
 ML1M_TEST_FRAC = 0.1
@@ -88,11 +80,13 @@ def _show(line: str, limit: int = 200) -> str:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed by extension as every reader does (``open_text``)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except OSError as e:
+        with opener(path)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
     if not raw.strip():
         raise DataError(f"{path}: the file is empty (no ratings)")
@@ -107,54 +101,57 @@ def _columns_ok(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, scale
         return bool(ok_ids and np.all(np.isfinite(ratings)) and np.all((ratings >= lo) & (ratings <= hi)))
 
 
-def _scan_lines(path: Path, raw: bytes, sep: str | None, scale: tuple[float, float]) -> np.ndarray:
+def _scan_lines(path: Path, sep: str | None, scale: tuple[float, float]) -> np.ndarray:
     """Exact line-by-line parser: returns (n, 3) float64 [user, item, rating] or raises at the first bad line.
 
-    Slow (pure Python) but only used when the fast parser rejects the file, so that the
-    error can name the line.
+    Slow (pure Python) but only used when the fast parser rejects the file, so that the error can
+    name the line. Lines come from the readers' ``open_text`` and are split by ``split_fields``.
     """
-    lo, hi = scale
-    fmt = "user<TAB>item<TAB>rating[<TAB>timestamp]" if sep is None else "user::movie::rating[::timestamp]"
     rows: list[tuple[float, float, float]] = []
-    # split on "\n" only (not str.splitlines, which also breaks on \x0c etc.), so the numbers match editors'
-    for n, line in enumerate(raw.decode("utf-8", errors="replace").split("\n"), start=1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue  # blank lines (e.g. a trailing one) carry no rating
-
-        def bad(why: str, n: int = n, line: str = line) -> DataError:
-            return DataError(f"{path}: line {n}: {why}: {_show(line)}")
-
-        fields = line.split(sep) if sep is not None else line.split()
-        if len(fields) not in (3, 4):
-            raise bad(f"expected 3 or 4 fields ({fmt}), found {len(fields)}")
-        try:
-            values = [float(f) for f in fields]
-        except ValueError:
-            raise bad("non-numeric field") from None
-        for what, v, text in (("user id", values[0], fields[0]), ("item id", values[1], fields[1])):
-            if not (np.isfinite(v) and v >= 1 and v == int(v)):
-                raise bad(f"{what} must be a positive integer, got {text.strip()!r}")
-        rating = values[2]
-        if not (np.isfinite(rating) and lo <= rating <= hi):
-            raise bad(f"rating {fields[2].strip()!r} outside the rating scale {lo:g}..{hi:g}")
-        rows.append((values[0], values[1], rating))
+    with open_text(path) as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():  # blank lines (e.g. a trailing one) carry no rating
+                rows.append(_scan_line(path, n, line.rstrip("\r\n"), sep, scale))
     if not rows:
         raise DataError(f"{path}: the file is empty (no ratings)")
     return np.asarray(rows, dtype=np.float64)
+
+
+def _scan_line(path: Path, n: int, line: str, sep: str | None, scale: tuple[float, float]) -> tuple[float, ...]:
+    """(user, item, rating) of one MovieLens line, or a DataError naming the line and showing it."""
+    def bad(why: str) -> DataError:
+        return DataError(f"{path}: line {n}: {why}: {_show(line)}")
+
+    fmt = "user<TAB>item<TAB>rating[<TAB>timestamp]" if sep is None else "user::movie::rating[::timestamp]"
+    fields = split_fields(line, sep)
+    if len(fields) not in (3, 4):
+        raise bad(f"expected 3 or 4 fields ({fmt}), found {len(fields)}")
+    try:
+        values = [float(f) for f in fields]
+    except ValueError:
+        raise bad("non-numeric field") from None
+    for what, v, text in (("user id", values[0], fields[0]), ("item id", values[1], fields[1])):
+        if not (np.isfinite(v) and v >= 1 and v == int(v)):
+            raise bad(f"{what} must be a positive integer, got {text!r}")
+    lo, hi = scale
+    if not (np.isfinite(values[2]) and lo <= values[2] <= hi):
+        raise bad(f"rating {fields[2]!r} outside the rating scale {lo:g}..{hi:g}")
+    return values[0], values[1], values[2]
 
 
 def _parse_ratings(path: str | Path, sep: str | None, scale: tuple[float, float]) -> np.ndarray:
     """Parse a MovieLens-style rating file into an (n, 3) float64 array [user, item, rating], file order.
 
     ``sep`` is ``"::"`` (ratings.dat) or None (whitespace: u1.base). A timestamp column is optional.
-    """
-    import pandas as pd  # imported here: only the text loaders need it
 
+    Why not ``read_ratings``: these files are all-numeric, so pandas' C parser reads them straight
+    into float64 (ML-1M in ~0.15 s); the general reader keeps ids as text first (so that "007" stays
+    "007") and takes ~0.4 s. Bad files go to the exact scanner, which shares the readers' line
+    reading and tokenising and names the line.
+    """
     path = Path(path)
     raw = _read_bytes(path)
-    # Fast path: pandas' C parser on a single-character separator (``sep='::'`` would force the
-    # python engine, ~10x slower). Anything odd goes to the exact scanner, which names the line.
+    # pandas' C parser needs a single-character separator (``sep='::'`` would force the python engine).
     buf = raw.replace(b"::", b"\t") if sep == "::" else raw
     if sep == "::" and b"\t" in raw:
         buf = None  # a TAB in a '::' file would be split on; let the scanner report the line
@@ -169,7 +166,7 @@ def _parse_ratings(path: str | Path, sep: str | None, scale: tuple[float, float]
             # NaN: a short line or an empty field (pandas pads them); the scanner decides.
             if not np.isnan(arr).any() and _columns_ok(arr[:, 0], arr[:, 1], arr[:, 2], scale):
                 return np.ascontiguousarray(arr[:, :3])
-    return _scan_lines(path, raw, sep, scale)
+    return _scan_lines(path, sep, scale)
 
 
 def _check_unique(path: Path, rows: np.ndarray, cols: np.ndarray, n_cols: int,
@@ -347,49 +344,6 @@ def _read_monti_fields(path: Path) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr
 
 # --------------------------------------------------------------------------- registry
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Where a benchmark dataset lives and how to get it.
-
-    Attributes:
-        name: the dataset's name (``load_dataset`` / ``--dataset``).
-        folder: its folder inside the data directory (the layout of the project's shared data).
-        files: the files the loader needs, all in one folder.
-        url: the canonical download (a zip, or the file itself).
-        sha256: sha256 of the download.
-        md5: the md5 the publisher lists for the download, for reference (not used: sha256 is).
-        archive_dir: the folder inside the zip holding ``files`` (also accepted as a layout
-            in the data directory, as extracting the zip there produces it); None for a plain file.
-        file_sha256: sha256 of individual files where known; extracted files are checked against it.
-        alt_dirs: further folder names accepted inside the data directory.
-        loader: reads the folder holding ``files`` into a RatingMatrix.
-    """
-
-    name: str
-    folder: str
-    files: tuple[str, ...]
-    url: str
-    sha256: str
-    loader: Callable[[Path], RatingMatrix]
-    md5: str | None = None
-    archive_dir: str | None = None
-    file_sha256: Mapping[str, str] = field(default_factory=dict)
-    alt_dirs: tuple[str, ...] = ()
-
-    def candidate_dirs(self, data_dir: Path) -> list[Path]:
-        """The folders searched for ``files``, in order (duplicates removed)."""
-        subs = [self.folder]
-        if self.archive_dir:
-            subs += [f"{self.folder}/{self.archive_dir}", self.archive_dir]
-        subs += list(self.alt_dirs) + ["."]
-        out: list[Path] = []
-        for s in subs:
-            p = data_dir if s == "." else data_dir / s
-            if p not in out:
-                out.append(p)
-        return out
-
-
 DATASETS: dict[str, DatasetInfo] = {
     "ml-100k": DatasetInfo(
         name="ml-100k",
@@ -441,177 +395,24 @@ def _info(name: str) -> DatasetInfo:
     return info
 
 
-# --------------------------------------------------------------------------- locating data
-
-def _default_cache() -> Path:
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    # The XDG spec says relative values are invalid and must be ignored.
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "glocalk"
-
-
-def _resolve(data_dir: str | Path | None) -> tuple[Path, str]:
-    if data_dir is not None and str(data_dir) != "":
-        return Path(data_dir).expanduser(), "the data_dir argument (--data-dir)"
-    env = os.environ.get(ENV_DATA, "")
-    if env:
-        return Path(env).expanduser(), f"${ENV_DATA}"
-    return _default_cache(), "the default cache (neither --data-dir nor $GLOCALK_DATA was given)"
-
-
-def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The data directory: ``data_dir`` if given, else ``$GLOCALK_DATA``, else the user cache.
-
-    The cache is ``$XDG_CACHE_HOME/glocalk`` when that variable is set (and absolute), else
-    ``~/.cache/glocalk``. The folder need not exist.
-    """
-    return _resolve(data_dir)[0]
-
+# --------------------------------------------------------------------------- lookup, download, loading
 
 def find_dataset_dir(name: str, data_dir: str | Path | None = None) -> Path:
     """The folder inside the data directory that holds all of the dataset's files.
 
     Raises DataError naming every folder searched, the files expected there and how to fix it.
     """
-    info = _info(name)
-    root, source = _resolve(data_dir)
-    dirs = info.candidate_dirs(root)
-    for d in dirs:
-        if all((d / f).is_file() for f in info.files):
-            return d
-    raise DataError(_missing_message(info, root, source, dirs))
-
-
-def _missing_message(info: DatasetInfo, root: Path, source: str, dirs: list[Path]) -> str:
-    lines = [f"dataset {info.name!r} not found: expected {', '.join(info.files)} in one of these folders:"]
-    for d in dirs:
-        partial = [f for f in info.files if (d / f).is_file()]
-        note = f"  (has {', '.join(partial)} but not the rest)" if partial else ""
-        lines.append(f"  {d}{note}")
-    lines.append(f"The data directory {root} comes from {source}.")
-    lines.append(
-        "To fix: pass --data-dir DIR (Python: data_dir=DIR) or set GLOCALK_DATA=DIR to a folder holding "
-        f"{info.folder}/{' and '.join(info.files)}; or add --download (Python: download=True) to fetch "
-        f"{info.url} (sha256-checked) into {root / info.folder}."
-    )
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- download
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _mirror_url(url: str, base_url: str | None) -> str:
-    """Replace the scheme and host of ``url`` by ``base_url`` (which may carry a path prefix)."""
-    if not base_url:
-        return url
-    path = urllib.parse.urlsplit(url).path
-    return base_url.rstrip("/") + path
-
-
-def _write_verified(dest: Path, chunks, expected: str | None, what: str) -> None:
-    """Stream ``chunks`` into ``dest.<random>.part``; rename onto ``dest`` only if the sha256 matches.
-
-    The unique .part name keeps concurrent downloads from clobbering each other; the rename is
-    atomic, so ``dest`` is either absent or complete and verified.
-    """
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for block in chunks:
-                out.write(block)
-                h.update(block)
-        actual = h.hexdigest()
-        if expected is not None and actual != expected:
-            raise DataError(f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}; "
-                            "the file was discarded (a changed or truncated download?)")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fetch(url: str, dest: Path, expected: str) -> None:
-    def chunks():
-        req = urllib.request.Request(url, headers={"User-Agent": "glocalk"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            while block := resp.read(1 << 20):
-                yield block
-
-    log.info("downloading %s -> %s", url, dest)
-    try:
-        _write_verified(dest, chunks(), expected, url)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DataError(f"download of {url} failed: {reason}. Download it by hand and place it in "
-                        f"{dest.parent} (or pass --data-dir to a folder that has it).") from None
-
-
-def _extract(info: DatasetInfo, archive: Path, target: Path) -> None:
-    """Extract only ``info.files`` from the zip into ``target``, checking known member sha256s."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            names = zf.namelist()
-            for fname in info.files:
-                wanted = f"{info.archive_dir}/{fname}" if info.archive_dir else fname
-                # By basename when the expected path is absent (a repacked zip); the member's own
-                # path is never used for writing, so a hostile name cannot escape ``target``.
-                member = wanted if wanted in names else next(
-                    (n for n in names if n.rsplit("/", 1)[-1] == fname), None)
-                if member is None:
-                    raise DataError(f"{archive}: the archive has no {wanted} "
-                                    f"(members: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''})")
-
-                def chunks(member: str = member):
-                    with zf.open(member) as src:
-                        while block := src.read(1 << 20):
-                            yield block
-
-                _write_verified(target / fname, chunks(), info.file_sha256.get(fname), f"{archive}:{member}")
-    except zipfile.BadZipFile as e:
-        raise DataError(f"{archive}: not a valid zip archive: {e}") from None
+    return find_dir(_info(name), data_dir)
 
 
 def download_dataset(name: str, data_dir: str | Path | None = None, base_url: str | None = None) -> Path:
     """Download (if needed) the dataset's canonical file into ``<data_dir>/<folder>/``; return that folder.
 
-    Verified by sha256 before it is kept; from zips only the needed files are extracted (and
-    checked where their sha256 is known) and the zip is then removed. ``base_url`` (else
-    ``$GLOCALK_DOWNLOAD_BASE``) replaces the ``scheme://host`` of the canonical URL, keeping its
-    path, e.g. for a mirror or a local test server.
+    See :func:`glocalk.data.download.download` (sha256-verified; ``base_url``, else
+    ``$GLOCALK_DOWNLOAD_BASE``, replaces the ``scheme://host`` of the canonical URL).
     """
-    info = _info(name)
-    root = resolve_data_dir(data_dir)
-    target = root / info.folder
-    if all((target / f).is_file() for f in info.files):
-        return target
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create {target} for the download: {e}; pass a writable --data-dir") from None
-    url = _mirror_url(info.url, base_url or os.environ.get(ENV_DOWNLOAD_BASE))
-    fname = url.rsplit("/", 1)[-1]
-    if fname.endswith(".zip"):
-        archive = target / fname
-        # A verified zip left by an interrupted extraction is reused instead of downloaded again.
-        if not (archive.is_file() and sha256_file(archive) == info.sha256):
-            _fetch(url, archive, info.sha256)
-        _extract(info, archive, target)
-        archive.unlink(missing_ok=True)
-    else:
-        _fetch(url, target / info.files[0], info.sha256)
-    return target
+    return download(_info(name), data_dir, base_url)
 
-
-# --------------------------------------------------------------------------- entry point
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
                  base_url: str | None = None) -> RatingMatrix:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.sparse as sp
 
+from glocalk.data.sampling import random_mask
 from glocalk.errors import DataError
 
 
@@ -95,17 +96,18 @@ class RatingMatrix:
     def with_validation(self, frac: float, seed: int = 0) -> RatingMatrix:
         """Move a seeded random ``frac`` of the TRAINING ratings into ``val``.
 
-        The test split is untouched, so selecting epochs on ``val`` never sees it.
+        The test split is untouched, so selecting epochs on ``val`` never sees it. The draw is
+        :func:`glocalk.data.sampling.random_mask` over the ratings in row-major (CSR) order, as
+        :func:`glocalk.data.splits.validation_split` draws over a table's rows; the count is
+        ``round(frac * nnz)`` (Python's round, kept so that published runs reproduce).
         """
         if not 0.0 < frac < 1.0:
             raise DataError(f"validation fraction must be in (0, 1), got {frac}")
         coo = self.train.tocoo()
-        rng = np.random.default_rng(seed)
         n_val = int(round(frac * coo.nnz))
         if n_val == 0 or n_val == coo.nnz:
             raise DataError(f"validation fraction {frac} leaves an empty train or validation split")
-        is_val = np.zeros(coo.nnz, dtype=bool)
-        is_val[rng.permutation(coo.nnz)[:n_val]] = True
+        is_val = random_mask(coo.nnz, n_val, seed)
 
         def pick(mask: np.ndarray) -> sp.csr_matrix:
             return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=self.shape)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from glocalk.data.readers import COLUMN_ALIASES, IdMap, Ratings
+from glocalk.data.sampling import random_mask
 from glocalk.errors import DataError
 
 __all__ = [
@@ -56,27 +57,24 @@ def _finish(r: Ratings, is_test: np.ndarray, return_indices: bool, what: str) ->
     return r.take(train_idx), r.take(test_idx)
 
 
-def _random_mask(n: int, n_test: int, seed: int) -> np.ndarray:
-    is_test = np.zeros(n, dtype=bool)
-    is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
-    return is_test
+def _random_split(r: Ratings, frac: float, seed: int, return_indices: bool, name: str, what: str) -> Split:
+    _check_frac(frac, name)
+    return _finish(r, random_mask(len(r), _n_of(frac, len(r)), seed), return_indices, f"a {frac:g} {what}")
 
 
 def random_holdout(r: Ratings, test_frac: float = 0.1, seed: int = 0, *, return_indices: bool = False) -> Split:
     """Move a seeded random ``test_frac`` of all ratings to test."""
-    _check_frac(test_frac, "test_frac")
-    return _finish(r, _random_mask(len(r), _n_of(test_frac, len(r)), seed), return_indices,
-                   f"a {test_frac:g} random holdout")
+    return _random_split(r, test_frac, seed, return_indices, "test_frac", "random holdout")
 
 
 def validation_split(r: Ratings, frac: float = 0.1, seed: int = 0, *, return_indices: bool = False) -> Split:
     """Split (training) ratings into ``(train, val)``: a seeded random ``frac`` goes to val.
 
     Apply it to the training part of an earlier split so that validation never sees test data.
+    The draw is the one of :meth:`glocalk.data.RatingMatrix.with_validation`
+    (:func:`glocalk.data.sampling.random_mask`), over the table's rows.
     """
-    _check_frac(frac, "frac")
-    return _finish(r, _random_mask(len(r), _n_of(frac, len(r)), seed), return_indices,
-                   f"a {frac:g} validation split")
+    return _random_split(r, frac, seed, return_indices, "frac", "validation split")
 
 
 def _rank_within(codes: np.ndarray, *keys: np.ndarray) -> np.ndarray:

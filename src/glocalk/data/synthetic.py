@@ -1,4 +1,11 @@
-"""Synthetic rating matrices for scale tests where no public file is at hand.
+"""Synthetic ratings: every generator of toy and scale-test data lives here.
+
+* :func:`make_ratings`: a split ``RatingMatrix`` of any size with power-law popularity, for scale
+  tests where no public file is at hand (described below).
+* :func:`example_ratings`: a small (train, test) pair of DataFrames with string ids, as a user's
+  own CSV files look (the README's walk-through).
+* :func:`bias_ratings`: a tiny dense-drawn ``RatingMatrix`` of item and user biases (plus an
+  optional low-rank part) and noise, on which the tests train (baselines must beat the mean on it).
 
 ``make_ratings`` draws a split ``RatingMatrix`` (rows are items, columns users, as everywhere
 in glocalk) with the three properties that matter for the cost and the behaviour of GLocal-K:
@@ -29,13 +36,16 @@ work is O(n_ratings log n_ratings), never O(n_items * n_users). 10M ratings at M
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from glocalk.data.matrix import RatingMatrix
 
-__all__ = ["EXACT_MAX_CELLS", "make_ratings", "sample_cells", "true_scores"]
+__all__ = ["EXACT_MAX_CELLS", "BiasSignal", "bias_ratings", "example_ratings", "make_ratings", "sample_cells",
+           "true_scores"]
 
 EXACT_MAX_CELLS = 2**24  # up to this many cells the exact Gumbel top-k sampler is used (~200 MB)
 _CHUNK = 1 << 20  # entries per chunk when computing scores (bounds the temporaries)
@@ -190,3 +200,65 @@ def make_ratings(n_users: int, n_items: int, n_ratings: int, rank: int = 10, noi
         name=name or f"synthetic-{n_items}x{n_users}-{n_ratings}",
         meta={"dataset": "synthetic", "generator": params, "item_factors": v, "user_factors": u},
     )
+
+
+def example_ratings(n_users: int = 60, n_items: int = 80, density: float = 0.25, test_frac: float = 0.2,
+                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A small synthetic ratings set as (train, test) DataFrames of user, item, rating, timestamp.
+
+    :func:`make_ratings` (a rank-2 signal plus noise, uniform popularity, 1..5 stars) with string
+    ids (``u001``, ``m0001``) and distinct timestamps; the test part keeps only ratings whose user
+    and item occur in the training part. Used by the README's own-data walk-through and the tests.
+    """
+    m = make_ratings(n_users, n_items, int(round(density * n_users * n_items)), rank=2, noise=0.2,
+                     zipf_items=0.0, zipf_users=0.0, test_frac=test_frac, seed=seed)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for split in (m.train, m.test):
+        coo = split.tocoo()
+        frames.append(pd.DataFrame({"user": [f"u{u + 1:03d}" for u in coo.col],
+                                    "item": [f"m{i + 1:04d}" for i in coo.row], "rating": coo.data.astype(float)}))
+    stamps = 1_700_000_000 + 60 * rng.permutation(len(frames[0]) + len(frames[1]))
+    train, test = (f.assign(timestamp=t).sort_values(["user", "item"], ignore_index=True)
+                   for f, t in zip(frames, np.split(stamps, [len(frames[0])]), strict=True))
+    known = test["user"].isin(train["user"]) & test["item"].isin(train["item"])
+    return train, test[known].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class BiasSignal:
+    """The rating model of :func:`bias_ratings`: ``3 + b_item + b_user (+ f_item . g_user) + noise``.
+
+    Attributes:
+        item_sd: standard deviation of the item biases.
+        user_sd: standard deviation of the user biases.
+        noise: standard deviation of the per-cell noise.
+        rank: rank of the optional low-rank part (0: none).
+        factor_sd: standard deviation of the low-rank factors' entries.
+    """
+
+    item_sd: float = 0.8
+    user_sd: float = 0.5
+    noise: float = 0.4
+    rank: int = 0
+    factor_sd: float = 0.6
+
+
+def bias_ratings(n_items: int = 40, n_users: int = 30, density: float = 0.4, seed: int = 0,
+                 signal: BiasSignal = BiasSignal(), test_frac: float = 0.2, name: str = "tiny") -> RatingMatrix:
+    """A tiny (n_items, n_users) ``RatingMatrix`` on the 1..5 scale: ``signal`` rounded and clipped.
+
+    Each cell is observed with probability ``density`` and an observed cell is a test rating with
+    probability ``test_frac`` (independent draws over the dense matrix, so only for small shapes).
+    Deterministic in its arguments.
+    """
+    rng = np.random.default_rng(seed)
+    score = 3 + rng.normal(0, signal.item_sd, (n_items, 1)) + rng.normal(0, signal.user_sd, (1, n_users))
+    if signal.rank:
+        score = score + rng.normal(0, signal.factor_sd, (n_items, signal.rank)) \
+            @ rng.normal(0, signal.factor_sd, (signal.rank, n_users))  # (n_items, n_users)
+    r = np.clip(np.rint(score + rng.normal(0, signal.noise, score.shape)), 1, 5)
+    observed = rng.random(r.shape) < density
+    is_test = observed & (rng.random(r.shape) < test_frac)
+    return RatingMatrix(sp.csr_matrix(np.where(observed & ~is_test, r, 0.0)),
+                        sp.csr_matrix(np.where(is_test, r, 0.0)), rating_scale=(1.0, 5.0), name=name)
