@@ -160,6 +160,7 @@ def tune(data: RatingMatrix, n_trials: int, out_dir: str | Path, *, dataset: str
     fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
     base = {**PRESETS.get(key, {}), **fixed, "patience": patience, "device": device}
     space = {k: v for k, v in (space or SEARCH_SPACE).items() if k not in fixed}
+    # Unknown names and invalid ranges fail before any training (each dimension at its first value).
     split_config({**base, **{k: a[0][0] if kind == "categorical" else a[0] for k, (kind, *a) in space.items()}})
     split = data.with_validation(val_frac, seed=seed)
     search_data = replace(split, test=None)  # the search never sees the test set
