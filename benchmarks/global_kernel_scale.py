@@ -22,14 +22,15 @@ from glocalk.store import load_dir
 
 
 def analyse(dataset: str, state_dir: str, data_dir: str | None) -> list[dict]:
+    """Per ``gk_norm``: the global kernel's size and how far R_hat moves the first layer's pre-activations."""
     data = load_dataset(dataset, data_dir=data_dir)
     tensors, meta = load_dir(state_dir)
+    inp = prepare_input(data.train, sparse=False)  # dense: the analysis reads R and R_hat whole
     rows = []
     for gk_norm in ("paper", "sqrt"):
         config = GLocalKConfig(**{**meta["model_config"], "gk_norm": gk_norm})
         model = GLocalK(data.n_items, data.n_users, config)
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("selected.")})
-        inp = prepare_input(data.train, sparse=False)
         with torch.no_grad():
             weights, _ = model.weights()
             (w1, b1) = weights[0]
@@ -51,6 +52,7 @@ def analyse(dataset: str, state_dir: str, data_dir: str | None) -> list[dict]:
 
 
 def main() -> None:
+    """Print one JSON line per ``gk_norm``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True)
     p.add_argument("--state", required=True, help="a training state directory (weights.safetensors + model.json)")

@@ -1,11 +1,12 @@
 """Micro-benchmark: the kernel layer's W * K and regulariser, plain autograd vs the model's fused Function.
 
-``KernelLayer.weight_and_regulariser`` builds K = relu(1 - ||u_i - v_j||^2) and W * K from a dozen
-elementwise torch ops; autograd then runs about as many again backwards, each a full pass over an
-(n_in x n_out) tensor. At ML-10M's shape the two n_users x n_hid layers (69,878 x 500) make this
-the floor of every loss + gradient, whatever nnz is. ``FusedKernelWeight`` computes the same values
-and gradients in a few passes (an addmm for the squared distances, in-place clamp, dot products for
-the sums, addcmul in the backward).
+Written plainly, K = relu(1 - ||u_i - v_j||^2) and W * K take a dozen elementwise torch ops;
+autograd then runs about as many again backwards, each a full pass over an (n_in x n_out)
+tensor. At ML-10M's shape the two n_users x n_hid layers (69,878 x 500) make this the floor of
+every loss + gradient, whatever nnz is. The fused autograd Function behind
+``KernelLayer.weight_and_regulariser`` computes the same values and gradients in a few passes
+(an addmm for the squared distances, in-place clamp, dot products for the sums, addcmul in the
+backward).
 
     python benchmarks/micro_kernel_layer.py [--threads N]
 
@@ -30,7 +31,7 @@ def _as_written(layer: KernelLayer, lambda_s: float, lambda_2: float):
 
 
 def _fused(layer: KernelLayer, lambda_s: float, lambda_2: float):
-    return layer.weight_and_regulariser(lambda_s, lambda_2)  # glocalk.model._KernelWeight
+    return layer.weight_and_regulariser(lambda_s, lambda_2)  # the fused Function inside
 
 
 def bench(n_in: int, n_out: int, reps: int = 5) -> None:

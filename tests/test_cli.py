@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 from conftest import tiny_ratings
 
+import glocalk.cli.train
 import glocalk.data.datasets
 from glocalk.cli.app import main
 from glocalk.data.matrix import RatingMatrix
@@ -50,7 +54,7 @@ def test_train_writes_summary_with_preset_overrides_and_ensemble(fake_dataset, t
     # glocalk report turns that summary into a Markdown row with the same figures.
     assert main(["report", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "| ml-100k | paper (Han et al. 2021) |" in table
+    assert "| ml-100k | GLocal-K as published (Han et al. 2021, Table 2; best test epoch) |" in table
     assert f"| {best} |" in table
 
 
@@ -78,8 +82,8 @@ def test_train_resume_of_a_finished_run_trains_nothing(fake_dataset, tmp_path, c
 
 
 def test_train_argument_errors(fake_dataset, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="--patience needs a validation split"):
-        main(["train", "--dataset", "ml-100k", "--patience", "3", *TINY, "--out", str(tmp_path / "x")])
+    assert main(["train", "--dataset", "ml-100k", "--patience", "3", *TINY, "--out", str(tmp_path / "x")]) == 2
+    assert "glocalk: error: --patience needs a validation split" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "ml-10m"])  # not a paper benchmark: argparse refuses it
     assert "invalid choice" in capsys.readouterr().err
@@ -88,3 +92,87 @@ def test_train_argument_errors(fake_dataset, tmp_path, capsys):
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert "no summary.json" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "nothing to report: give run folders" in capsys.readouterr().err
+
+
+def _epoch_log(path):
+    path.write_text(json.dumps({"epoch": 1, "stage": 1, "loss": 10.0, "train_rmse": 1.0, "seconds": 0.1}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing epochs", "non-JSON summary", "every 0"])
+def test_report_bad_input_reaches_the_user(tmp_path, capsys, case):
+    """Each bad input of glocalk report is one message naming it, exit 2, no traceback."""
+    if case == "missing epochs":
+        argv, named = ["report", "--epochs", str(tmp_path / "missing.jsonl")], "missing.jsonl"
+    elif case == "non-JSON summary":
+        (tmp_path / "summary.json").write_text("<html>not a summary</html>")
+        argv, named = ["report", str(tmp_path)], "summary.json"
+    else:
+        argv, named = ["report", "--epochs", str(_epoch_log(tmp_path / "epochs.jsonl")), "--every", "0"], "--every"
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own usage errors exit 2 as well
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err and "error" in err and "Traceback" not in err
+
+
+def _under_a_file(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    return tmp_path / "file" / "run"
+
+
+def _summary_is_a_folder(tmp_path):
+    out = tmp_path / "run"
+    (out / "summary.json").mkdir(parents=True)
+    return out
+
+
+def _read_only(tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    return tmp_path / "ro" / "run"
+
+
+@pytest.mark.parametrize("make_out", [
+    _under_a_file, _summary_is_a_folder,
+    pytest.param(_read_only, marks=pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only folders")),
+])
+def test_unwritable_output_is_a_message_naming_the_path(fake_dataset, tmp_path, capsys, make_out):
+    out = make_out(tmp_path)
+    assert main(["train", "--dataset", "ml-100k", "--quiet", *TINY, "--epoch-p", "1", "--epoch-f", "0",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glocalk: error: ") and str(tmp_path) in err and "Traceback" not in err
+    if make_out is _under_a_file:
+        assert f"{out}: Not a directory (a part of the path is a file, not a folder)" in err
+        assert (tmp_path / "file").read_text() == "mine"  # never touched
+    if make_out is _summary_is_a_folder:
+        assert f"{out / 'summary.json'}: Is a directory (a folder is there; give a file name)" in err
+
+
+def test_read_only_folder_is_a_message_naming_the_path(fake_dataset, tmp_path, capsys, monkeypatch):
+    """As root (CI containers) chmod does not stop writes: let mkdir fail as a read-only folder makes it fail."""
+    real_mkdir = Path.mkdir
+    read_only = tmp_path / "ro"
+
+    def mkdir(self, *args, **kwargs):
+        if self == read_only or read_only in self.parents:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    assert main(["train", "--dataset", "ml-100k", "--quiet", *TINY, "--out", str(read_only / "run")]) == 2
+    assert f"glocalk: error: {read_only / 'run'}: Permission denied" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """A KeyError is a bug, not bad input: main lets it through instead of printing it as a user error."""
+    def buggy(args):
+        raise KeyError("rmse")
+
+    monkeypatch.setattr(glocalk.cli.train, "cmd_report", buggy)
+    with pytest.raises(KeyError, match="rmse"):
+        main(["report"])

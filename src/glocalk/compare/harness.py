@@ -46,34 +46,12 @@ import numpy as np
 from glocalk.baselines import BASELINES, entries, make_baseline
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import TrainingError
-from glocalk.presets import PRESETS, split_config
+from glocalk.presets import GLOCALK_VARIANTS, LABELS, PAPER_RESULTS, PRESETS, split_config
 from glocalk.protocol import ensemble_metrics
 from glocalk.store import device_description, versions, write_json_atomic
 from glocalk.train import Trainer, summarise
 
-# Ablation switches of each GLocal-K family member, applied over the preset.
-GLOCALK_VARIANTS: dict[str, dict] = {
-    "i-autorec": {"local_kernel": False, "epoch_f": 0},
-    "glocalk-pretrain": {"epoch_f": 0},
-    "glocalk-no-gk": {"global_kernel": False},
-    "glocalk": {},
-}
 MODELS: tuple[str, ...] = (*BASELINES, *GLOCALK_VARIANTS)
-LABELS: dict[str, str] = {
-    "global-mean": "Global mean",
-    "biases": "User + item biases",
-    "biased-mf": "Biased MF",
-    "i-autorec": "I-AutoRec (no local kernel, no fine-tuning)",
-    "glocalk-pretrain": "GLocal-K, pre-training only",
-    "glocalk-no-gk": "GLocal-K without the global kernel",
-    "glocalk": "GLocal-K",
-}
-# The paper's Table 2 (best fine-tuning epoch, chosen on the test set).
-PAPER_RESULTS: dict[str, dict[str, float]] = {
-    "ml-100k": {"rmse": 0.8889, "mae": 0.6950, "ndcg": 0.9053},
-    "ml-1m": {"rmse": 0.8227, "mae": 0.6421, "ndcg": 0.9288},
-    "douban": {"rmse": 0.7208, "mae": 0.5622, "ndcg": 0.9435},
-}
 # --quick: a smoke run, minutes instead of hours; its numbers mean nothing.
 QUICK_PARAMS: dict = {"epoch_p": 2, "epoch_f": 2, "iter_p": 5, "iter_f": 5, "n_hid": 100}
 QUICK_BASELINE_OPTIONS: dict[str, dict] = {"biases": {"sweeps": 3}, "biased-mf": {"epochs": 3, "regs": (0.1,)}}

@@ -1,0 +1,140 @@
+"""Option groups shared by the ``glocalk`` commands, with ONE set of defaults, and the progress bar.
+
+A command module calls ``add_hyperparameters``, ``add_execution`` and ``add_data`` on its parser and reads
+the parsed namespace back with ``overrides`` and ``execution``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+from glocalk.presets import PRESETS
+
+# Hyperparameters every training command accepts as overrides of a preset: (flag, key, type, help).
+HYPERPARAMETERS: list[tuple[str, str, type, str]] = [
+    ("--n-hid", "n_hid", int, "hidden units per kernel layer (paper: 500)"),
+    ("--n-dim", "n_dim", int, "dimension of the local kernel's u, v vectors (paper: 5)"),
+    ("--n-layers", "n_layers", int, "number of sigmoid hidden layers (paper: 2)"),
+    ("--gk-size", "gk_size", int, "side of the global convolution kernel (paper: 3)"),
+    ("--lambda-2", "lambda_2", float, "L2 penalty on W (lambda_2/2 * sum W^2)"),
+    ("--lambda-s", "lambda_s", float, "penalty on the local kernel (lambda_s/2 * sum K^2)"),
+    ("--dot-scale", "dot_scale", float, "scale of the global kernel's dot product"),
+    ("--gk-norm", "gk_norm", str, "'paper' (as published) or 'sqrt' (divide the global kernel by "
+                                  "sqrt(n_items); fixes the ML-1M fine-tuning collapse)"),
+    ("--iter-p", "iter_p", int, "L-BFGS iterations per pre-training epoch"),
+    ("--iter-f", "iter_f", int, "L-BFGS iterations per fine-tuning epoch"),
+    ("--epoch-p", "epoch_p", int, "pre-training epochs"),
+    ("--epoch-f", "epoch_f", int, "fine-tuning epochs"),
+]
+# Execution choices (not hyperparameters: they never change what is computed, only how).
+EXECUTION_KEYS = ("path", "optimizer", "threads")
+
+ProgressCallbacks = tuple[Callable[[int, dict], None], Callable[[], None]]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_hyperparameters(p: argparse.ArgumentParser, title: str = "hyperparameters (default: the preset's)") -> None:
+    """The ``HYPERPARAMETERS`` flags, all defaulting to None (= the preset's value)."""
+    g = p.add_argument_group(title)
+    for flag, key, typ, text in HYPERPARAMETERS:
+        g.add_argument(flag, dest=key, type=typ, default=None, help=text)
+
+
+def add_execution(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--device, --path, --optimizer, --threads and --quiet; returns the group for command-specific additions.
+
+    Defaults are None for --path/--optimizer/--threads: "not given", so the library's own default applies
+    (auto, scipy, torch's threads) and a benchmark resumed without them compares equal.
+    """
+    e = p.add_argument_group("execution")
+    e.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
+    e.add_argument("--path", choices=["auto", "dense", "sparse"], default=None,
+                   help="execution path: dense O(items*users) or sparse O(nnz) maths, same results "
+                        "(default auto: by size and density)")
+    e.add_argument("--optimizer", choices=["scipy", "torch"], default=None,
+                   help="scipy: L-BFGS-B as the original code (default); torch: torch.optim.LBFGS "
+                        "with strong Wolfe line search (stays on the GPU)")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    return e
+
+
+def add_training_run(p: argparse.ArgumentParser) -> None:
+    """Hyperparameters, execution, and the protocol options of one training run (train, fit)."""
+    add_hyperparameters(p)
+    e = add_execution(p)
+    e.add_argument("--val-frac", type=float, default=None,
+                   help="hold out this seeded fraction of the TRAINING ratings to select the epoch "
+                        "honestly (the test set is then only reported)")
+    e.add_argument("--patience", type=int, default=None,
+                   help="early stopping: end fine-tuning after N epochs without a better validation "
+                        "RMSE (needs --val-frac)")
+    e.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last completed epoch")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    """--dataset (a paper benchmark, by name or folder name), --data-dir and --download."""
+    p.add_argument("--dataset", required=True, help="a paper benchmark dataset: " + ", ".join(PRESETS))
+    add_data_location(p)
+
+
+def add_data_location(p: argparse.ArgumentParser) -> None:
+    """--data-dir and --download (for commands whose dataset flag is defined otherwise)."""
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the dataset files (default: $GLOCALK_DATA, else ~/.cache/glocalk)")
+    p.add_argument("--download", action="store_true",
+                   help="download the canonical files (checksum-verified) if they are missing")
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """The hyperparameters given on the command line (those not given are left to the preset)."""
+    return {key: getattr(args, key) for _, key, _, _ in HYPERPARAMETERS if getattr(args, key) is not None}
+
+
+def execution(args: argparse.Namespace) -> dict:
+    """--path, --optimizer and --threads with the library's defaults filled in where not given."""
+    return {"path": args.path or "auto", "optimizer": args.optimizer or "scipy", "threads": args.threads}
+
+
+def progress(total_epochs: int, n_seeds: int, quiet: bool) -> ProgressCallbacks:
+    """(on_epoch, close): an on_epoch callback showing a tqdm bar per seed with the current RMSEs."""
+    bars: dict[int, tqdm] = {}
+
+    def on_epoch(seed: int, rec: dict) -> None:
+        if quiet:
+            return
+        if seed not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[seed] = tqdm(total=total_epochs, desc=f"seed {seed}", unit="epoch", file=sys.stderr,
+                              dynamic_ncols=True)
+        post = {"stage": rec["stage"], "train": f"{rec['train_rmse']:.4f}"}
+        if "val_rmse" in rec:
+            post["val"] = f"{rec['val_rmse']:.4f}"
+        if "test_rmse" in rec:
+            post["test"] = f"{rec['test_rmse']:.4f}"
+        bars[seed].set_postfix(post)
+        bars[seed].update(1)
+        if bars[seed].n >= total_epochs:
+            bars[seed].close()
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return on_epoch, close

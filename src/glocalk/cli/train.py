@@ -1,0 +1,115 @@
+"""``glocalk train`` (the paper's protocol on a benchmark) and ``glocalk report`` (Markdown tables of runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from glocalk.cli.options import add_data_location, add_training_run, execution, overrides, positive_int, progress
+from glocalk.compare.report import epoch_table, load_summary, mean_std, results_table
+from glocalk.data import datasets
+from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import ConfigError
+from glocalk.presets import PRESETS, preset
+from glocalk.protocol import run_experiment
+
+SUMMARY_ROWS = {"best": "paper (best fine-tuning epoch, test)", "final": "final epoch",
+                "val_selected": "validation-selected epoch", "ensemble": "ensemble of the seeds"}
+
+
+def _cell(summary: dict, protocol: str, key: str) -> str:
+    if protocol not in summary or key not in summary[protocol]:
+        return "-"
+    std = summary.get("std", {}).get(protocol, {}).get(key)
+    return mean_std(summary[protocol][key], std if len(summary["seeds"]) > 1 else None)
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    """The closing table of a training run."""
+    lines = [f"\n{summary['dataset']}: {len(summary['seeds'])} seed(s) {summary['seeds']}, "
+             f"wall time {summary['wall_time_s']:.1f} s"]
+    lines.append(f"{'protocol':<34} {'RMSE':>18} {'MAE':>18} {'NDCG':>18}")
+    for protocol, label in SUMMARY_ROWS.items():
+        if protocol in summary:
+            lines.append(f"{label:<34} {_cell(summary, protocol, 'rmse'):>18} "
+                         f"{_cell(summary, protocol, 'mae'):>18} {_cell(summary, protocol, 'ndcg'):>18}")
+    lines.append(f"written: {out / 'summary.json'}")
+    print("\n".join(lines))
+
+
+def data_and_params(args: argparse.Namespace) -> tuple[RatingMatrix, dict]:
+    """The dataset named by --dataset or --mat and its hyperparameters: preset, then the flags given."""
+    if args.mat:
+        data = datasets.load_monti(args.mat)
+        params = preset(args.preset or "douban")
+    else:
+        data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+        params = preset(args.preset or args.dataset)
+    params.update(overrides(args))
+    run = execution(args)
+    params.update(path=run["path"], optimizer=run["optimizer"], patience=args.patience, threads=run["threads"])
+    return data, params
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``glocalk train``: run the seeds, write OUT/summary.json and the epoch logs, print the summary."""
+    if args.patience is not None and not args.val_frac:
+        raise ConfigError("--patience needs a validation split (--val-frac)")
+    data, params = data_and_params(args)
+    out = Path(args.out or f"runs/{data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not args.quiet:
+        print(data.summary(), file=sys.stderr)
+    on_epoch, close = progress(params["epoch_p"] + params["epoch_f"], len(args.seed), args.quiet)
+    try:
+        summary = run_experiment(data, params, args.seed, out, val_frac=args.val_frac, device=args.device,
+                                 on_epoch=on_epoch, resume=args.resume, command=["glocalk", *sys.argv[1:]],
+                                 ensemble=args.ensemble)
+    finally:
+        close()
+    print_summary(summary, out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``glocalk report``: the Markdown table of runs, or of one epoch log."""
+    if args.epochs:
+        print(epoch_table(args.epochs, every=args.every), end="")
+    elif not args.runs:
+        raise ConfigError("nothing to report: give run folders (or their summary.json), or --epochs FILE")
+    else:
+        summaries = [load_summary(p) for p in args.runs]
+        print(results_table(summaries, with_paper=not args.no_paper), end="")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` and ``report`` subcommands to the ``glocalk`` parser."""
+    p = sub.add_parser("train", help="train and evaluate on a paper benchmark (ML-100K, ML-1M, Douban)",
+                       description="Train GLocal-K with the paper's protocol on a benchmark dataset and "
+                                   "write OUT/summary.json and per-epoch logs.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", choices=sorted(PRESETS), help="a paper benchmark dataset")
+    src.add_argument("--mat", help="any Monti et al. HDF5 .mat file (M, Otraining, Otest)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="hyperparameter preset (default: the dataset's; douban's for --mat)")
+    add_data_location(p)
+    p.add_argument("--seed", type=int, nargs="+", default=[1], help="one or more seeds (default 1)")
+    p.add_argument("--out", default=None, help="output folder (default runs/DATASET-TIME)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also report the ensemble: the mean of the seeds' predictions (each seed's "
+                        "validation-selected model with --val-frac, else its last epoch)")
+    add_training_run(p)
+    p.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("report", help="Markdown table from the summary.json of glocalk train runs",
+                       description="Print a Markdown table (paper protocol, final epoch, validation-selected "
+                                   "and ensemble rows, mean ± std over seeds, wall time, command) from runs "
+                                   "written by glocalk train, next to the paper's numbers.")
+    r.add_argument("runs", nargs="*", help="run folders (or their summary.json files)")
+    r.add_argument("--no-paper", action="store_true", help="leave out the paper's rows")
+    r.add_argument("--epochs", default=None, help="instead: print the per-epoch table of one epochs.jsonl")
+    r.add_argument("--every", type=positive_int, default=1,
+                   help="with --epochs: print every N-th epoch (and the last)")
+    r.set_defaults(func=cmd_report)
