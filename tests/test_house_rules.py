@@ -41,7 +41,6 @@ LONG_FUNCTIONS = {
     "glocalk/compare/harness.py::run_benchmark": 158,
     "glocalk/compare/harness.py::run_glocalk": 65,
     "glocalk/compare/tune.py::tune": 105,
-    "glocalk/data/synthetic.py::make_ratings": 79,
     "glocalk/train.py::Trainer.run": 66,
 }
 # Functions over code_stats.MAX_PARAMS (8) parameters, self/cls excluded: their current count.
@@ -51,7 +50,6 @@ MANY_PARAMETERS = {
     "glocalk/compare/harness.py::run_benchmark": 19,
     "glocalk/compare/harness.py::run_glocalk": 10,
     "glocalk/compare/tune.py::tune": 16,
-    "glocalk/data/synthetic.py::make_ratings": 12,
     "glocalk/estimator.py::GLocalKRecommender.__init__": 12,
     "glocalk/protocol.py::run_experiment": 10,
 }
@@ -76,12 +74,10 @@ INNER_IMPORTS = {
     ("glocalk/cli/fit.py::cmd_fit", "glocalk.store"),
     ("glocalk/cli/fit.py::register", "glocalk.cli.app"),
     ("glocalk/cli/fit.py::register", "glocalk.presets"),
-    ("glocalk/data/datasets.py::_parse_ratings", "pandas"),
     ("glocalk/estimator.py::GLocalKRecommender.save", "glocalk.store"),
     ("glocalk/estimator.py::_serving_path", "glocalk.train"),
     ("glocalk/estimator.py::_train_member", "shutil"),
     ("glocalk/estimator.py::cross_validate", "glocalk.data.splits"),
-    ("glocalk/estimator.py::example_ratings", "glocalk.data.synthetic"),
 }
 # Private names (_x) imported from another module: (importing file, module.name).
 PRIVATE_IMPORTS = {
