@@ -37,13 +37,11 @@ code_stats = _load_code_stats()
 LONG_FUNCTIONS = {
     "glocalk/cli/fit.py::cmd_fit": 89,
     "glocalk/cli/fit.py::register": 90,
-    "glocalk/data/synthetic.py::make_ratings": 79,
 }
 # Functions over code_stats.MAX_PARAMS (8) parameters, self/cls excluded: their current count.
 MANY_PARAMETERS = {
     "glocalk/baselines.py::BiasedMF.__init__": 11,
     "glocalk/baselines.py::fit_biases": 10,
-    "glocalk/data/synthetic.py::make_ratings": 12,
     "glocalk/estimator.py::GLocalKRecommender.__init__": 12,
 }
 # Imports inside functions of modules that are not optional dependencies (code_stats.OPTIONAL may be).

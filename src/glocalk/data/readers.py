@@ -177,7 +177,7 @@ def _check_scale(scale: Iterable[float]) -> tuple[float, float]:
     vals = tuple(float(v) for v in scale)
     if len(vals) != 2 or not np.all(np.isfinite(vals)) or not vals[0] < vals[1]:
         raise DataError(f"rating_scale must be (min, max) with finite min < max, got {tuple(scale)} "
-                        f"({option('rating_scale')})")
+                        "(--rating-scale MIN MAX)")
     return vals  # type: ignore[return-value]
 
 
