@@ -46,9 +46,10 @@ from pathlib import Path
 import numpy as np
 
 from glocalk.baselines import BASELINES, entries, make_baseline
+from glocalk.compare.report import mean_std
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import TrainingError
-from glocalk.presets import GLOCALK_VARIANTS, LABELS, PAPER_RESULTS, PRESETS, split_config
+from glocalk.presets import GLOCALK_VARIANTS, LABELS, PAPER_CAPTION, PAPER_RESULTS, PRESETS, split_config
 from glocalk.protocol import RunOptions, ensemble_metrics, options_or_fields, saved_state, train_run
 from glocalk.store import device_description, versions, write_json_atomic
 from glocalk.train import summarise
@@ -448,9 +449,9 @@ def _pm(entry: dict, key: str, digits: int = 4) -> str:
     mean, std = entry["mean"][key], entry["std"][key]
     if not np.isfinite(mean):
         return "–"
-    if entry["n_seeds"] == 1:
-        return f"{mean:.0f}" if key == "epoch" else f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if entry["n_seeds"] == 1 and key == "epoch":
+        return f"{mean:.0f}"
+    return mean_std(mean, std if entry["n_seeds"] > 1 else None, digits)
 
 
 def markdown_table(results: dict) -> str:
@@ -482,7 +483,7 @@ def markdown_table(results: dict) -> str:
                      f"{', '.join(str(s) for s in ens.get('seeds', []))} |")
     paper = results.get("paper")
     if paper:
-        lines.append(f"| *GLocal-K as published (Han et al. 2021, Table 2; best test epoch)* | {paper['rmse']:.4f} | "
+        lines.append(f"| *{PAPER_CAPTION}* | {paper['rmse']:.4f} | "
                      f"{paper['mae']:.4f} | {paper['ndcg']:.4f} | {paper['rmse']:.4f} | – | – | – |")
     lines += ["", "† The paper's protocol: the best test RMSE over the fine-tuning epochs (over the pre-training "
               "epochs for models without fine-tuning), GLocal-K family only. It chooses the epoch on the test set, "
