@@ -17,7 +17,8 @@ import json
 import torch
 
 from glocalk.data.datasets import load_dataset
-from glocalk.model import GLocalK, GLocalKConfig, prepare_input
+from glocalk.inputs import prepare_input
+from glocalk.model import GLocalK, GLocalKConfig
 from glocalk.store import load_dir
 
 

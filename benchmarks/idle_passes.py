@@ -16,7 +16,8 @@ import torch
 from perf.workers import one_pass
 
 from glocalk.data.datasets import load_dataset
-from glocalk.model import GLocalK, TrainingInput, prepare_input
+from glocalk.inputs import TrainingInput, prepare_input
+from glocalk.model import GLocalK
 from glocalk.presets import preset, split_config
 
 DATASETS = ("ml-100k", "douban", "ml-1m")

@@ -1,14 +1,17 @@
 """The GLocal-K model's mathematics against independent references.
 
+- the hyperparameter validation of GLocalKConfig (one bad value per field, the message names it);
 - the kernel layer and the local kernel on hand-computed values (SPEC: K = max(0, 1 - ||u_i - v_j||^2),
   y = act(x @ (W * K) + b), regulariser lambda_s/2 sum K^2 + lambda_2/2 sum W^2);
 - the loss scaling (1/2 sum of squared masked errors + regularisers) by hand and against a plain
   NumPy forward pass (its own kernel computation, scipy.signal.correlate2d for the global convolution);
 - the global kernel g = (p @ C) * dot_scale and R_hat = relu(conv2d_same(R, g)) for odd and even k;
 - item_means (h @ mean W + mean b) against the mean of the dense decode;
-- gradients by torch.autograd.gradcheck in float64 for both stages and both paths;
-- the sparse path equals the dense path (loss, every gradient, predictions) on random data and on
-  the real ML-100K u1.base split (skipped when the data is absent);
+- gradients by torch.autograd.gradcheck in float64 for both stages and every execution;
+- the plain dense ``GLocalK.forward`` against the NumPy forward, and every training variant (fused
+  weights in dense execution, sparse execution with R_hat sparse or dense) against the plain forward:
+  loss, every gradient, predictions -- on random data and on the real ML-100K u1.base split
+  (skipped when the data is absent);
 - the ablation switches and the initialisation the SPEC prescribes.
 """
 
@@ -22,10 +25,14 @@ import numpy as np
 import pytest
 import scipy.signal
 import scipy.sparse as sp
+import scipy.stats
 import torch
 from torch import nn
 
-from glocalk.model import GLocalK, GLocalKConfig, KernelLayer, prepare_input
+from glocalk.cli import main
+from glocalk.errors import ConfigError
+from glocalk.inputs import prepare_input
+from glocalk.model import GLocalK, GLocalKConfig, KernelLayer, Stage
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -117,8 +124,9 @@ def as_double(data):
 
 
 def loss_and_grads(model, data, stage):
+    """Loss and gradients of a training pass on a prepared input, or of the plain forward on a dense tensor."""
     model.zero_grad(set_to_none=True)
-    loss = model.loss(data, stage)
+    loss = model(data, stage)[1] if isinstance(data, torch.Tensor) else model.loss(data, stage)
     loss.backward()
     grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
@@ -131,6 +139,61 @@ def assert_grads_close(ga, gb, rtol, what):
         scale = max(float(a.abs().max()), float(b.abs().max()), 1e-12)
         err = float((a - b).abs().max())
         assert err <= rtol * scale, f"{what}: gradient of {name} differs by {err:.3g} (scale {scale:.3g})"
+
+
+# --------------------------------------------------------------------------- hyperparameter validation
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("n_hid", 0, "n_hid (--n-hid) must be an integer >= 1, got 0"),
+    ("n_dim", 0, "n_dim (--n-dim) must be an integer >= 1, got 0"),
+    ("n_dim", -3, "n_dim (--n-dim) must be an integer >= 1, got -3"),
+    ("n_layers", 0, "n_layers (--n-layers) must be an integer >= 1, got 0"),
+    ("gk_size", 0, "gk_size (--gk-size) must be an integer >= 1, got 0"),
+    ("n_hid", 2.5, "n_hid (--n-hid) must be an integer >= 1, got 2.5"),
+    ("n_hid", True, "n_hid (--n-hid) must be an integer >= 1, got True"),
+    ("lambda_2", -1.0, "lambda_2 (--lambda-2) must be a finite number >= 0, got -1.0"),
+    ("lambda_s", -0.006, "lambda_s (--lambda-s) must be a finite number >= 0, got -0.006"),
+    ("lambda_s", math.inf, "lambda_s (--lambda-s) must be a finite number >= 0, got inf"),
+    ("lambda_2", "20", "lambda_2 (--lambda-2) must be a finite number >= 0, got '20'"),
+    ("dot_scale", 0.0, "dot_scale (--dot-scale) must be a finite number > 0, got 0.0"),
+    ("dot_scale", -1.0, "dot_scale (--dot-scale) must be a finite number > 0, got -1.0"),
+    ("dot_scale", math.nan, "dot_scale (--dot-scale) must be a finite number > 0, got nan"),
+    ("gk_norm", "bogus", "gk_norm (--gk-norm) must be 'paper' or 'sqrt', got 'bogus'"),
+    ("local_kernel", "no", "local_kernel must be true or false, got 'no'"),
+    ("global_kernel", 0, "global_kernel must be true or false, got 0"),
+])
+def test_config_rejects_bad_hyperparameters(field, value, message):
+    with pytest.raises(ConfigError) as err:
+        GLocalKConfig(**{field: value})
+    assert str(err.value) == message
+
+
+def test_cli_reports_a_bad_hyperparameter(tmp_path, capsys):
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("user,item,rating\n" + "".join(f"{u},{i},{1 + (u + i) % 5}\n" for u in range(12) for i in range(8)))
+    assert main(["fit", str(csv), "--n-dim", "0", "--out", str(tmp_path / "model")]) == 2
+    assert "n_dim (--n-dim) must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists(), "nothing written for a rejected run"
+
+
+def test_config_accepts_the_edges_of_each_range():
+    c = GLocalKConfig(n_hid=1, n_dim=1, n_layers=1, gk_size=1, lambda_2=0, lambda_s=0.0, dot_scale=1e-9,
+                      gk_norm="sqrt", local_kernel=False, global_kernel=False)
+    assert c.to_dict()["n_hid"] == 1
+    model = GLocalK(4, 3, GLocalKConfig(n_hid=2, gk_size=2, lambda_2=np.float64(1.0), n_dim=np.int64(2)))
+    assert model.global_kernel(torch.ones(4)).shape == (2, 2), "even kernel sizes are allowed (TF 'SAME' padding)"
+
+
+def test_stage_is_an_int_enum():
+    assert Stage.PRETRAIN == 1 and Stage.FINETUNE == 2 and Stage(2) is Stage.FINETUNE
+    r = random_ratings(6, 5, 0.5, seed=40)
+    model = make_model(6, 5, seed=41)
+    data = prepare_input(r, sparse=False)
+    for stage in Stage:
+        assert model.loss(data, stage).item() == model.loss(data, int(stage)).item()
+    with pytest.raises(ValueError):
+        model.loss(data, 3)
 
 
 # --------------------------------------------------------------------------- kernel layer by hand
@@ -156,12 +219,37 @@ def test_kernel_layer_hand_computed_n_dim_2():
     np.testing.assert_allclose(w_eff.detach().numpy(), [[0.75, 0.0], [2.25, 2.0]], atol=1e-6)
     # lambda_s/2 * sum K^2 = .003 * (.5625 + .5625 + .25) = .004125; lambda_2/2 * sum W^2 = 10 * 30 = 300.
     assert reg.item() == pytest.approx(300.004125, rel=1e-6), f"regulariser {reg.item()} != 300.004125"
+    # The plain (autograd) weight and regulariser give the same values.
+    np.testing.assert_allclose(layer.weight().detach().numpy(), [[0.75, 0.0], [2.25, 2.0]], atol=1e-6)
+    assert layer.regulariser(0.006, 20.0).item() == pytest.approx(300.004125, rel=1e-6)
     # y = act(x @ (W * K) + b) with x = (1, 2): z = (.75 + 4.5 + .1, 0 + 4 - .2) = (5.35, 3.8).
     x = torch.tensor([[1.0, 2.0]])
-    y = layer.act(x @ w_eff + layer.b).detach().numpy()
+    y = layer(x).detach().numpy()
     np.testing.assert_allclose(y, [[1 / (1 + math.exp(-5.35)), 1 / (1 + math.exp(-3.8))]], rtol=1e-6)
     ident = KernelLayer(2, 2, 2, "identity")
-    assert torch.equal(ident.act(torch.tensor([-3.0, 7.0])), torch.tensor([-3.0, 7.0])), "identity activation"
+    set_layer(ident, W=[[1.0, 2.0], [3.0, 4.0]], b=[0.1, -0.2], u=[[0.0, 0.0], [0.5, 0.5]], v=[[0.0, 0.5], [1.0, 1.0]])
+    np.testing.assert_allclose(ident(x).detach().numpy(), [[5.35, 3.8]], rtol=1e-6, err_msg="identity activation")
+
+
+def test_fused_kernel_weight_equals_plain_autograd():
+    """weight_and_regulariser (the fused Function training runs) against weight() and regulariser()."""
+    torch.manual_seed(4)
+    layer = KernelLayer(9, 6, 3, "sigmoid").double()
+    with torch.no_grad():
+        layer.u.normal_(0, 0.5)
+        layer.v.normal_(0, 0.5)
+    assert (layer.local_kernel() == 0).any() and (layer.local_kernel() > 0).any(), "exercise the clamp"
+    upstream = torch.randn(9, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for weight, reg in (layer.weight_and_regulariser(0.3, 2.0), (layer.weight(), layer.regulariser(0.3, 2.0))):
+        layer.zero_grad(set_to_none=True)
+        ((weight * upstream).sum() + 1.7 * reg).backward()
+        grads.append((weight.detach(), reg.detach(), [p.grad.clone() for p in (layer.W, layer.u, layer.v)]))
+    (w_f, r_f, g_f), (w_p, r_p, g_p) = grads
+    torch.testing.assert_close(w_f, w_p, rtol=0, atol=0, msg="W * K")
+    assert r_f.item() == pytest.approx(r_p.item(), rel=1e-13), "regulariser"
+    for name, a, b in zip("Wuv", g_f, g_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"gradient of {name}")
 
 
 def test_kernel_layer_hand_computed_n_dim_1():
@@ -192,21 +280,34 @@ def test_local_kernel_against_direct_differences():
     assert layer.local_kernel()[4, 2].item() == pytest.approx(1.0, abs=1e-6)
 
 
+def assert_distributed_as(t, dist, what):
+    """Kolmogorov-Smirnov test of a tensor's entries against a scipy distribution (seeded draws)."""
+    x = t.detach().double().numpy().ravel()
+    p = scipy.stats.kstest(x, dist.cdf).pvalue
+    assert p > 1e-3, (f"{what}: entries not distributed as SPEC.md says "
+                      f"(KS p = {p:.2g}, mean {x.mean():.3g}, std {x.std():.3g})")
+
+
 def test_initialisation_follows_spec():
     torch.manual_seed(0)
-    n_items, n_users, n_hid = 40, 30, 20
+    n_items, n_users, n_hid = 60, 150, 200  # b has n_out entries: enough for the KS test to see a wrong bound
     model = GLocalK(n_items, n_users, GLocalKConfig(n_hid=n_hid, n_dim=5))
-    for layer, (n_in, n_out) in zip([*model.hidden, model.out], [(30, 20), (20, 20), (20, 30)], strict=True):
+    for layer, (n_in, n_out) in zip(model.layers, [(150, 200), (200, 200), (200, 150)], strict=True):
         assert layer.W.shape == (n_in, n_out) and layer.b.shape == (n_out,)
         assert layer.u.shape == (n_in, 1, 5) and layer.v.shape == (1, n_out, 5)
         glorot = math.sqrt(6.0 / (n_in + n_out))
-        assert layer.W.abs().max() <= glorot, "W must be Glorot-uniform"
-        assert layer.b.abs().max() <= math.sqrt(3.0 / n_out), "b: Glorot-uniform with fan_in = fan_out = n_out"
-        assert layer.b.abs().max() > 0, "b is not zero-initialised"
-        for t in (layer.u, layer.v):  # truncated normal, std 1e-3: within two std
-            assert t.abs().max() <= 2e-3 + 1e-9 and t.std() > 1e-4
+        assert layer.W.abs().max() <= glorot, "W: Glorot-uniform, within its bound"
+        assert_distributed_as(layer.W, scipy.stats.uniform(-glorot, 2 * glorot), "W: Glorot-uniform")
+        bound = math.sqrt(3.0 / n_out)  # TF's 1-D Glorot-uniform: fan_in = fan_out = n_out
+        assert layer.b.abs().max() <= bound, "b: within its Glorot bound"
+        assert_distributed_as(layer.b, scipy.stats.uniform(-bound, 2 * bound), "b: Glorot-uniform (not zeros)")
+        for name in ("u", "v"):  # truncated normal, std 1e-3, re-drawn beyond two std
+            t = getattr(layer, name)
+            assert t.abs().max() <= 2e-3 + 1e-9, f"{name}: truncated at two std"
+            assert_distributed_as(t, scipy.stats.truncnorm(-2, 2, scale=1e-3), f"{name}: truncated normal std 1e-3")
     c = model.gk_weight
-    assert c.shape == (n_items, 9) and c.abs().max() <= 0.2 + 1e-7 and c.std() > 0.03, "C: truncated normal std 0.1"
+    assert c.shape == (n_items, 9) and c.abs().max() <= 0.2 + 1e-7
+    assert_distributed_as(c, scipy.stats.truncnorm(-2, 2, scale=0.1), "C: truncated normal std 0.1")
     assert any(p is c for p in model.parameters()), "C must be a registered parameter"
 
 
@@ -264,6 +365,8 @@ def test_loss_against_numpy_forward(sparse, cfg):
         ref = np_loss(model, rd, stage)
         got = model.loss(data, stage).item()
         assert got == pytest.approx(ref, rel=2e-5), f"stage {stage} loss {got} != NumPy reference {ref}"
+        plain = model(torch.from_numpy(rd).float(), stage)[1].item()
+        assert plain == pytest.approx(ref, rel=2e-5), f"stage {stage} plain forward loss {plain} != NumPy {ref}"
     assert not np.allclose(np_global_input(model, rd)[0], rd, atol=0.1), "test setup: R_hat should differ from R"
     # Predictions of both stages against the NumPy forward.
     layers = np_layers(model)
@@ -272,6 +375,8 @@ def test_loss_against_numpy_forward(sparse, cfg):
         ref = np_forward(layers, x, model.config.local_kernel)
         np.testing.assert_allclose(model.predict_dense(data, stage).double().numpy(), ref, rtol=1e-4, atol=1e-4,
                                    err_msg=f"stage {stage} predictions")
+        plain = model(torch.from_numpy(rd).float(), stage)[0].detach().double().numpy()
+        np.testing.assert_allclose(plain, ref, rtol=1e-4, atol=1e-4, err_msg=f"stage {stage} plain forward")
 
 
 # --------------------------------------------------------------------------- global kernel / convolution
@@ -288,8 +393,6 @@ def test_global_kernel_formula():
         got = model.global_kernel(p).detach().double().numpy()
         assert got.shape == (3, 3)
         np.testing.assert_allclose(got, ref.reshape(3, 3), rtol=1e-5, err_msg=f"g for {norm}, dot_scale {scale}")
-    with pytest.raises(ValueError, match="gk_norm"):
-        GLocalK(3, 3, GLocalKConfig(n_hid=2, gk_norm="bogus"))
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
@@ -316,7 +419,7 @@ def test_global_input_against_numpy(sparse):
         model.gk_weight.mul_(3.0)
     data = prepare_input(r, sparse=sparse, conv_dense=False)
     weights, _ = model.weights()
-    x = model._conv_input(data, weights)
+    x = model.network_input(data, Stage.FINETUNE, weights)
     if sparse:
         pattern, values = x
         dense = torch.zeros(10, 7).index_put((pattern.row, pattern.col), values.detach())
@@ -366,9 +469,9 @@ class _Loss(nn.Module):
         return self.model.loss(self.data, self.stage)
 
 
-@pytest.mark.parametrize("path", ["dense", "sparse", "sparse-conv-dense"])
+@pytest.mark.parametrize("execution", ["dense", "sparse", "sparse-conv-dense"])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_loss_gradcheck_float64(stage, path):
+def test_loss_gradcheck_float64(stage, execution):
     r = random_ratings(7, 5, 0.45, seed=9, empty_cols=(2,))
     model = make_model(7, 5, seed=10, n_hid=3).double()
     with torch.no_grad():
@@ -377,7 +480,7 @@ def test_loss_gradcheck_float64(stage, path):
     for layer in [*model.hidden, model.out]:
         d2 = ((layer.u.detach().numpy() - layer.v.detach().numpy()) ** 2).sum(-1)
         assert np.abs(1.0 - d2).min() > 1e-3, "test setup: a local kernel entry sits on its kink"
-    data = as_double(prepare_input(r, sparse=path != "dense", conv_dense=path == "sparse-conv-dense"))
+    data = as_double(prepare_input(r, sparse=execution != "dense", conv_dense=execution == "sparse-conv-dense"))
     wrapper = _Loss(model, data, stage)
     names = [n for n, _ in wrapper.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for _, p in wrapper.named_parameters())
@@ -385,13 +488,14 @@ def test_loss_gradcheck_float64(stage, path):
     def f(*ps):
         return torch.func.functional_call(wrapper, dict(zip(names, ps, strict=True)), ())
 
-    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4), f"stage {stage}, {path} path"
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4), f"stage {stage}, {execution} execution"
 
 
-# --------------------------------------------------------------------------- sparse path == dense path
+# --------------------------------------------------------------------------- every execution == plain forward
 
 
-def compare_paths(model, r, rtol_loss, rtol_grad, atol_pred, conv_dense_options=(False, True), dtype=None):
+def compare_executions(model, r, rtol_loss, rtol_grad, atol_pred, conv_dense_options=(False, True), dtype=None):
+    """Plain forward == fused dense execution == sparse execution: loss, every gradient, predictions."""
     dense = prepare_input(r, sparse=False, gk_size=model.config.gk_size)
     sparse_inputs = [prepare_input(r, sparse=True, gk_size=model.config.gk_size, conv_dense=cd)
                      for cd in conv_dense_options]
@@ -400,9 +504,15 @@ def compare_paths(model, r, rtol_loss, rtol_grad, atol_pred, conv_dense_options=
         dense = as_double(dense)
         sparse_inputs = [as_double(s) for s in sparse_inputs]
     pattern = sparse_inputs[0].pattern
-    for stage in (1, 2):
+    for stage in (Stage.PRETRAIN, Stage.FINETUNE):
+        l_p, g_p = loss_and_grads(model, dense.dense, stage)
+        with torch.no_grad():
+            p_p = model(dense.dense, stage)[0]
         l_d, g_d = loss_and_grads(model, dense, stage)
         p_d = model.predict_dense(dense, stage)
+        assert l_d.item() == pytest.approx(l_p.item(), rel=rtol_loss), f"stage {stage}: fused {l_d} vs plain {l_p}"
+        assert_grads_close(g_d, g_p, rtol_grad, f"stage {stage}, fused dense vs plain")
+        torch.testing.assert_close(p_d, p_p, rtol=0, atol=atol_pred, msg=f"stage {stage}: fused vs plain predictions")
         for cd, s in zip(conv_dense_options, sparse_inputs, strict=True):
             what = f"stage {stage}, conv_dense={cd}"
             l_s, g_s = loss_and_grads(model, s, stage)
@@ -421,13 +531,13 @@ def test_sparse_equals_dense_random_float64(gk_size):
     model = make_model(25, 18, seed=12, n_hid=6, gk_size=gk_size)
     with torch.no_grad():
         model.gk_weight.mul_(3.0)
-    compare_paths(model, r, rtol_loss=1e-12, rtol_grad=1e-10, atol_pred=1e-10, dtype=torch.float64)
+    compare_executions(model, r, rtol_loss=1e-12, rtol_grad=1e-10, atol_pred=1e-10, dtype=torch.float64)
 
 
 def test_sparse_equals_dense_random_float32():
     r = random_ratings(40, 30, 0.2, seed=13, empty_rows=(7,), empty_cols=(11,))
     model = make_model(40, 30, seed=14, n_hid=8, lambda_2=20.0, lambda_s=0.006)
-    compare_paths(model, r, rtol_loss=1e-5, rtol_grad=1e-4, atol_pred=1e-4)
+    compare_executions(model, r, rtol_loss=1e-5, rtol_grad=1e-4, atol_pred=1e-4)
 
 
 def _ml100k_base():
@@ -443,7 +553,7 @@ def test_sparse_equals_dense_ml100k():
     r = _ml100k_base()
     assert r.nnz == 80_000 and r.shape == (1682, 943)
     model = make_model(1682, 943, seed=15, n_hid=16, n_dim=5, lambda_2=20.0, lambda_s=0.006, uv_std=0.2)
-    compare_paths(model, r, rtol_loss=1e-5, rtol_grad=2e-4, atol_pred=2e-4)
+    compare_executions(model, r, rtol_loss=1e-5, rtol_grad=2e-4, atol_pred=2e-4)
 
 
 # --------------------------------------------------------------------------- ablations
@@ -485,11 +595,9 @@ def test_ablation_global_kernel_off():
 # --------------------------------------------------------------------------- what counts as observed
 
 
-def test_paths_agree_on_explicitly_stored_zeros():
-    """BUG (found by this suite): the sparse path treats every STORED entry as observed, the dense path
-    uses M = (R > 0) as SPEC.md defines it. A CSR matrix with an explicitly stored 0 ("not rated")
-    therefore gives a different loss on the two paths: prepare_input does not eliminate_zeros().
-    (RatingMatrix removes explicit zeros, so the Trainer is not affected; prepare_input is public.)"""
+def test_executions_agree_on_explicitly_stored_zeros():
+    """An explicitly stored 0 in a CSR input means "not rated" (M = (R > 0), SPEC.md) in both executions:
+    prepare_input drops stored zeros, so sparse execution does not treat one as an observed rating of 0."""
     e = sp.csr_matrix((np.array([3.0, 0.0, 4.0, 5.0], np.float32), np.array([0, 1, 2, 0]),
                        np.array([0, 2, 3, 4])), shape=(3, 3))
     assert e.nnz == 4, "test setup: the explicit zero must be stored"
@@ -499,18 +607,14 @@ def test_paths_agree_on_explicitly_stored_zeros():
     ref = np_loss(model, e.toarray().astype(np.float64), 1)
     dense = model.loss(prepare_input(e, sparse=False), 1).item()
     sparse = model.loss(prepare_input(e, sparse=True), 1).item()
-    assert dense == pytest.approx(ref, rel=1e-5), "dense path vs NumPy reference with M = (R > 0)"
+    assert dense == pytest.approx(ref, rel=1e-5), "dense execution vs NumPy reference with M = (R > 0)"
     assert sparse == pytest.approx(ref, rel=1e-5), (
-        f"BUG: sparse-path loss {sparse} != {ref} (dense {dense}): an explicitly stored 0 is treated as an "
-        "observed rating of 0 by the sparse path")
+        f"sparse execution loss {sparse} != {ref} (dense {dense}): an explicitly stored 0 is treated as an "
+        "observed rating of 0")
 
 
-def test_sparse_path_gradients_are_bitwise_reproducible_with_threads():
+def test_sparse_execution_gradients_are_bitwise_reproducible_with_threads():
     """Same parameters, same data -> identical gradients on repeated passes (resume and seeds rely on it)."""
-    import scipy.sparse as sp_
-
-    from glocalk.model import GLocalK, GLocalKConfig, prepare_input
-
     rng = np.random.default_rng(3)
     dense = np.where(rng.random((400, 500)) < 0.25, rng.integers(1, 6, (400, 500)), 0).astype(np.float32)
     old = torch.get_num_threads()
@@ -519,7 +623,7 @@ def test_sparse_path_gradients_are_bitwise_reproducible_with_threads():
         torch.manual_seed(0)
         model = GLocalK(400, 500, GLocalKConfig(n_hid=32))
         for conv_dense in (False, True):
-            data = prepare_input(sp_.csr_matrix(dense), sparse=True, conv_dense=conv_dense)
+            data = prepare_input(sp.csr_matrix(dense), sparse=True, conv_dense=conv_dense)
             for stage in (1, 2):
                 grads = []
                 for _ in range(3):

@@ -6,10 +6,13 @@
 - ``torch.sparse.sampled_addmm`` supports float64 on CPU (the float64 gradchecks need it);
 - ``ConvPlan``: equals a direct k x k "same" cross-correlation (scipy.signal.correlate2d and an
   explicit TF-SAME loop) at every entry, is zero-free outside its pattern, and its pattern is
-  exactly the k x k dilation of R's pattern.
+  exactly the k x k dilation of R's pattern;
+- its CSR calls leave the caller's warning filters alone.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -98,7 +101,7 @@ def test_sampled_mm_forward_equals_dense_product_at_pattern():
 
 
 def test_sampled_addmm_supports_float64_on_cpu():
-    """The float64 gradchecks of the sparse path rely on torch.sparse.sampled_addmm in float64 on CPU."""
+    """The float64 gradchecks of sparse execution rely on torch.sparse.sampled_addmm in float64 on CPU."""
     rng = np.random.default_rng(6)
     m = random_csr(5, 4, 0.5, seed=6)
     coo = m.tocoo()
@@ -217,3 +220,15 @@ def test_conv_plan_gradcheck_float64():
             unit = np.zeros((3, 3))
             unit[a, b] = 1.0
             np.testing.assert_allclose(jac[:, a * 3 + b], tf_same_correlate(r, unit)[rows, cols], atol=1e-12)
+
+
+def test_csr_calls_leave_the_callers_warning_filters_alone():
+    """torch's "CSR is beta" warning is silenced only around glocalk's own CSR calls (never by a filter
+    installed at import: tests/test_house_rules.py), and those calls restore the caller's filters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mine = list(warnings.filters)
+        p = SparsePattern(torch.tensor([0, 1, 2]), torch.tensor([1, 0]), (2, 2))
+        assert spmm(torch.ones(2), torch.eye(2), p).tolist() == [[0.0, 1.0], [1.0, 0.0]]
+        assert p.matrix_t(torch.ones(2)).to_dense().tolist() == [[0.0, 1.0], [1.0, 0.0]]
+        assert warnings.filters == mine, "a CSR call changed the caller's warning filters"

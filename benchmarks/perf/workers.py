@@ -18,7 +18,8 @@ import torch
 from glocalk.data.datasets import load_dataset
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.synthetic import make_ratings
-from glocalk.model import GLocalK, prepare_input
+from glocalk.inputs import prepare_input
+from glocalk.model import GLocalK
 from glocalk.presets import preset, split_config
 from glocalk.train import Trainer
 

@@ -1,6 +1,6 @@
-"""Sparse building blocks for the O(nnz) execution path.
+"""Sparse building blocks for the O(nnz) sparse execution.
 
-Two autograd functions carry the whole sparse path:
+Two autograd functions carry the whole sparse execution:
 
 - ``spmm(values, dense, pattern)``: (sparse matrix with ``pattern`` and ``values``) @ dense,
   differentiable in both the values and the dense operand;
@@ -20,9 +20,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-# CSR tensors are "beta" in torch; the ops used here (CSR @ dense, sampled_addmm) are stable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    # CSR tensors are "beta" in torch; the ops used here (CSR @ dense, sampled_addmm) are stable. The
+    # warning is silenced here only, never by a filter installed at import (a library leaves those alone).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 class SparsePattern:
@@ -68,14 +72,11 @@ class SparsePattern:
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """The sparse CSR tensor with this pattern and ``values`` (in CSR order)."""
-        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
+        return _csr_tensor(self.crow, self.col, values, self.shape)
 
     def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
         """The transpose, as a CSR tensor of shape (n_cols, n_rows)."""
-        return torch.sparse_csr_tensor(
-            self.t_crow, self.t_col, values[self.t_perm], (self.shape[1], self.shape[0]),
-            check_invariants=False,
-        )
+        return _csr_tensor(self.t_crow, self.t_col, values[self.t_perm], (self.shape[1], self.shape[0]))
 
     def zeros_matrix(self, dtype: torch.dtype) -> torch.Tensor:
         if self._zeros is None or self._zeros.dtype != dtype:
