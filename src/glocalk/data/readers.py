@@ -66,7 +66,6 @@ __all__ = [  # the reading functions, and the names of the reading API re-export
 _OPENERS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
-
 def _options(options: ReaderOptions | None, kwargs: dict[str, Any]) -> ReaderOptions:
     """``options`` with keyword overrides; unknown keywords are a TypeError, as for a plain call."""
     try:
