@@ -132,6 +132,17 @@ def test_unknown_ids(model_dir, capsys, tmp_path):
     assert code == 0 and len(out.splitlines()) == 3
 
 
+def test_byte_order_mark_is_no_phantom_user(model_dir, capsys, tmp_path):
+    # Defect: a BOM turned the header of a pairs / users file into data, then answered with --unknown baseline.
+    pairs, users = tmp_path / "pairs.csv", tmp_path / "users.txt"
+    pairs.write_bytes(b"\xef\xbb\xbfuser,item\nu001,m0001\n")
+    users.write_bytes(b"\xef\xbb\xbfuser\nu001\n")
+    code, out, _ = run(capsys, "predict", model_dir, pairs, "--unknown", "baseline")
+    assert code == 0 and pd.read_csv(pd.io.common.StringIO(out))["user"].tolist() == ["u001"]
+    code, out, _ = run(capsys, "recommend", model_dir, "--users-file", users, "--unknown", "baseline", "-k", "2")
+    assert code == 0 and pd.read_csv(pd.io.common.StringIO(out))["user"].tolist() == ["u001", "u001"]
+
+
 @pytest.mark.parametrize("split", ["random", "user", "time"])
 def test_fit_splits(files, capsys, tmp_path, split):
     out = tmp_path / "m"
@@ -302,7 +313,9 @@ def test_headerless_double_colon_and_parquet(files, capsys, tmp_path):
     ("user,item,rating\na,x,3\nb,y,high\n", r"line 3: rating 'high' is not a"),
     ("user,item,rating\na,x,3\nb,y,\n", r"line 3: missing \(empty or NaN\) rating"),
     ("user,item,rating\na,x,3\nb,y,9\n", r"line 3: rating 9 is outside the rating scale 1\.\.5"),
-    ("user,item,rating\na,x,3\nb,y,4\na,x,5\n", r"duplicate rating for user 'a' and item 'x' at line 2 and line 4"),
+    ("user,item,rating\na,x,3\nb,y,4\na,x,5\n", r"duplicate rating for user 'a' and item 'x' at line 2 and line 4"
+                                              r".*--duplicates last"),
+    ("user,item,rating\na,x,3\nb,y,1e-46\n", r"line 3: rating 1e-46 cannot be stored as a float32"),
 ])
 def test_bad_ratings_files(capsys, tmp_path, content, message):
     path = tmp_path / "empty.csv"

@@ -11,9 +11,10 @@ import pytest
 
 import glocalk.compare.harness as bench
 from glocalk.baselines import entries
-from glocalk.compare.harness import MODELS, benchmark_split, run_benchmark
+from glocalk.compare.harness import MODELS, BenchmarkConfig, benchmark_split, run_benchmark
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.synthetic import BiasSignal, bias_ratings
+from glocalk.errors import CheckpointError
 from glocalk.metrics import evaluate
 
 TINY = {"n_hid": 8, "epoch_p": 2, "epoch_f": 2, "iter_p": 2, "iter_f": 2}
@@ -26,6 +27,13 @@ def tiny_data(seed: int = 0) -> RatingMatrix:
     return bias_ratings(60, 50, 0.35, seed, BiasSignal(item_sd=0.8, user_sd=0.5, noise=0.3, rank=2, factor_sd=0.6))
 
 
+def benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_frac: float, out, params: dict | None = None,
+        **options) -> dict:
+    """run_benchmark with the configuration's first fields positional, as the tests read best."""
+    return run_benchmark(data, BenchmarkConfig(models=list(models), seeds=list(seeds), val_frac=val_frac, out_dir=out,
+                                               params_overrides=params, **options))
+
+
 @pytest.fixture(scope="module")
 def data() -> RatingMatrix:
     return tiny_data()
@@ -34,7 +42,7 @@ def data() -> RatingMatrix:
 @pytest.fixture(scope="module")
 def bench_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    results = run_benchmark(data, list(MODELS), SEEDS, 0.1, out, TINY, ensemble=True,
+    results = benchmark(data, list(MODELS), SEEDS, 0.1, out, TINY, ensemble=True,
                             baseline_options=BASELINE_OPTIONS, command=["test"])
     return out, results
 
@@ -146,18 +154,18 @@ def test_resume_reuses_finished_runs(bench_run, data, monkeypatch):
 
     monkeypatch.setattr(bench, "run_glocalk", fail)
     monkeypatch.setattr(bench, "run_baseline", fail)
-    again = run_benchmark(data, list(MODELS), SEEDS, 0.1, out, TINY, ensemble=True,
+    again = benchmark(data, list(MODELS), SEEDS, 0.1, out, TINY, ensemble=True,
                           baseline_options=BASELINE_OPTIONS, resume=True, plots=False)
     assert again["summary"] == results["summary"]
     with pytest.raises(bench.TrainingError, match="cannot resume"):
-        run_benchmark(data, list(MODELS), SEEDS, 0.2, out, TINY, resume=True, plots=False)
+        benchmark(data, list(MODELS), SEEDS, 0.2, out, TINY, resume=True, plots=False)
 
 
 def test_bad_arguments(data, tmp_path):
     with pytest.raises(KeyError, match="unknown model"):
-        run_benchmark(data, ["svd"], [1], 0.1, tmp_path)
+        benchmark(data, ["svd"], [1], 0.1, tmp_path)
     with pytest.raises(KeyError, match="unknown hyperparameters"):
-        run_benchmark(data, ["glocalk"], [1], 0.1, tmp_path, {"lambda_3": 1.0})
+        benchmark(data, ["glocalk"], [1], 0.1, tmp_path, {"lambda_3": 1.0})
 
 
 def test_cli_benchmark_quick(monkeypatch, tmp_path, capsys):
@@ -181,7 +189,7 @@ def test_shared_pretraining_equals_a_separate_pretraining_run(bench_run, data, t
     _, results = bench_run
     shared = next(r for r in results["runs"] if r["model"] == "glocalk-pretrain" and r["seed"] == SEEDS[0])
     assert shared["info"]["shared_with"] == "glocalk"
-    alone = run_benchmark(data, ["glocalk-pretrain"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False)["runs"][0]
+    alone = benchmark(data, ["glocalk-pretrain"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False)["runs"][0]
     assert "shared_with" not in alone["info"]
     assert [r["epoch"] for r in alone["history"]] == [r["epoch"] for r in shared["history"]]
     for a, b in zip(alone["history"], shared["history"], strict=True):
@@ -191,9 +199,9 @@ def test_shared_pretraining_equals_a_separate_pretraining_run(bench_run, data, t
     assert alone["val_selected"]["rmse"] == pytest.approx(shared["val_selected"]["rmse"], rel=1e-5)
 
 
-def test_interrupted_glocalk_run_continues_from_its_last_epoch(bench_run, data, tmp_path):
-    _, results = bench_run
-    uninterrupted = next(r for r in results["runs"] if r["model"] == "glocalk" and r["seed"] == SEEDS[0])
+def test_interrupted_glocalk_run_continues_from_its_last_epoch(data, tmp_path):
+    """The benchmark's side of resume (the runner's is tested in test_protocol.py): its state folder
+    is used, only the missing epoch is trained, and the state is removed once the run is recorded."""
 
     class Interrupt(Exception):
         pass
@@ -202,33 +210,43 @@ def test_interrupted_glocalk_run_continues_from_its_last_epoch(bench_run, data, 
         if rec["epoch"] == 3:
             raise Interrupt
 
+    models = ["glocalk", "glocalk-pretrain"]
     with pytest.raises(Interrupt):
-        run_benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False, on_epoch=stop_after_epoch_3)
+        benchmark(data, models, SEEDS[:1], 0.1, tmp_path, TINY, plots=False, on_epoch=stop_after_epoch_3)
     assert (tmp_path / "state" / f"glocalk-seed-{SEEDS[0]}").is_dir()
     trained = []
-    resumed = run_benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path, TINY, plots=False, resume=True,
-                            on_epoch=lambda m, s, rec: trained.append(rec["epoch"]))["runs"][0]
-    assert trained == [4]  # only the missing epoch was trained
-    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4]
-    for a, b in zip(resumed["history"], uninterrupted["history"], strict=True):
-        assert a["val_rmse"] == pytest.approx(b["val_rmse"], rel=1e-6)
-    assert resumed["val_selected"]["rmse"] == pytest.approx(uninterrupted["val_selected"]["rmse"], rel=1e-6)
+    runs = benchmark(data, models, SEEDS[:1], 0.1, tmp_path, TINY, plots=False, resume=True,
+                     on_epoch=lambda m, s, rec: trained.append(rec["epoch"]))["runs"]
+    assert trained == [4] and [r["epoch"] for r in runs[0]["history"]] == [1, 2, 3, 4]
     assert not (tmp_path / "state").exists()  # cleaned up when done
+    # The derived pre-training run kept its selected weights across the interrupt: it has predictions.
+    pre = next(r for r in runs if r["model"] == "glocalk-pretrain")
+    items, users, truth = entries(data.test)
+    preds = np.load(tmp_path / "predictions" / f"glocalk-pretrain-seed-{SEEDS[0]}.npy")
+    assert pre["predictions"] is True
+    assert evaluate(preds, truth, users, items, data.rating_scale)["rmse"] == pytest.approx(
+        pre["val_selected"]["rmse"], rel=1e-5)
 
 
-def test_from_train_reuses_glocalk_train_runs_without_training(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", ["runner", "before-the-runner"])
+def test_from_train_reuses_glocalk_train_runs_without_training(data, tmp_path, monkeypatch, layout):
     from glocalk.protocol import run_experiment
+    from glocalk.store import load_dir, save_dir
 
     train_dir = tmp_path / "train"
     summary = run_experiment(data, TINY, SEEDS[:1], train_dir, val_frac=0.1, command=["test"])
-    state_file = train_dir / f"seed-{SEEDS[0]}" / "state" / "last" / "weights.safetensors"
+    state = train_dir / f"seed-{SEEDS[0]}" / "state" / "last"
+    if layout == "before-the-runner":  # glocalk train's state had no finished flag nor validation fingerprint
+        tensors, meta = load_dir(state)
+        save_dir(state, tensors, {k: v for k, v in meta.items() if k not in ("finished", "val_fingerprint")})
+    state_file = state / "weights.safetensors"
     before = state_file.read_bytes()
 
     def no_training(*args, **kwargs):
         raise AssertionError("an epoch was trained although the train run had finished")
 
     monkeypatch.setattr(sys.modules["glocalk.train"], "lbfgs_epoch", no_training)
-    results = run_benchmark(data, ["glocalk", "glocalk-pretrain"], SEEDS[:1], 0.1, tmp_path / "bench", TINY,
+    results = benchmark(data, ["glocalk", "glocalk-pretrain"], SEEDS[:1], 0.1, tmp_path / "bench", TINY,
                             plots=False, ensemble=True, from_train=train_dir)
     run = next(r for r in results["runs"] if r["model"] == "glocalk")
     expected = summary["runs"][0]["val_selected"]
@@ -247,8 +265,8 @@ def test_from_train_reuses_glocalk_train_runs_without_training(data, tmp_path, m
     assert pre["val_selected"]["epoch"] == best_val["epoch"] and pre["predictions"] is False
     assert state_file.read_bytes() == before  # the train run's state is copied, never modified
 
-    with pytest.raises(bench.TrainingError, match="cannot resume"):
-        run_benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path / "other", {**TINY, "lambda_2": 3.0},
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        benchmark(data, ["glocalk"], SEEDS[:1], 0.1, tmp_path / "other", {**TINY, "lambda_2": 3.0},
                       plots=False, from_train=train_dir)
 
 
@@ -268,7 +286,7 @@ def test_tabulate_only_trains_nothing_and_reports_each_rows_seeds(bench_run, dat
 
     monkeypatch.setattr(bench, "run_glocalk", fail)
     monkeypatch.setattr(bench, "run_baseline", fail)
-    again = run_benchmark(data, ["biases", "glocalk"], SEEDS, 0.1, copy, TINY, ensemble=True,
+    again = benchmark(data, ["biases", "glocalk"], SEEDS, 0.1, copy, TINY, ensemble=True,
                           baseline_options=BASELINE_OPTIONS, train=False, plots=False)
     glocalk_seed1 = next(r for r in results["runs"] if r["model"] == "glocalk" and r["seed"] == SEEDS[0])
     assert again["summary"]["glocalk"]["n_seeds"] == 1
@@ -279,17 +297,30 @@ def test_tabulate_only_trains_nothing_and_reports_each_rows_seeds(bench_run, dat
     assert _row(table, "GLocal-K")[-1] == str(SEEDS[0])
     assert _row(table, "User + item biases")[-1] == ", ".join(map(str, SEEDS))
     with pytest.raises(FileNotFoundError, match="nothing to tabulate"):
-        run_benchmark(data, ["biases"], SEEDS, 0.1, tmp_path / "empty", TINY, train=False)
+        benchmark(data, ["biases"], SEEDS, 0.1, tmp_path / "empty", TINY, train=False)
 
 
 def test_a_resumed_invocation_on_other_models_keeps_the_finished_runs(data, tmp_path):
-    first = run_benchmark(data, ["biases"], SEEDS, 0.1, tmp_path, TINY, baseline_options=BASELINE_OPTIONS,
+    first = benchmark(data, ["biases"], SEEDS, 0.1, tmp_path, TINY, baseline_options=BASELINE_OPTIONS,
                           plots=False)
-    run_benchmark(data, ["global-mean"], SEEDS[:1], 0.1, tmp_path, TINY, baseline_options=BASELINE_OPTIONS,
+    benchmark(data, ["global-mean"], SEEDS[:1], 0.1, tmp_path, TINY, baseline_options=BASELINE_OPTIONS,
                   resume=True, plots=False)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert {(r["model"], r["seed"]) for r in on_disk["runs"]} == {("biases", 1), ("biases", 2), ("global-mean", 1)}
-    both = run_benchmark(data, ["global-mean", "biases"], SEEDS, 0.1, tmp_path, TINY,
+    both = benchmark(data, ["global-mean", "biases"], SEEDS, 0.1, tmp_path, TINY,
                          baseline_options=BASELINE_OPTIONS, train=False, plots=False)
     assert both["summary"]["biases"] == first["summary"]["biases"]
     assert both["summary"]["global-mean"]["seeds"] == [1]
+
+
+def test_cli_benchmark_rejects_patience_zero_before_any_output(monkeypatch, tmp_path, capsys):
+    """Defect 3 at the command line: --patience 0 once silently stopped fine-tuning after one epoch."""
+    import glocalk.data.datasets
+    from glocalk.cli.app import main
+
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", lambda name, data_dir=None, download=False: tiny_data())
+    out = tmp_path / "cli"
+    assert main(["benchmark", "--dataset", "tiny", "--models", "glocalk", "--patience", "0", "--out", str(out),
+                 "--quiet"]) == 2
+    assert "patience must be an integer >= 1" in capsys.readouterr().err
+    assert not out.exists()

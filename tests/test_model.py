@@ -29,6 +29,7 @@ import scipy.stats
 import torch
 from torch import nn
 
+from glocalk.cli import main
 from glocalk.errors import ConfigError
 from glocalk.inputs import prepare_input
 from glocalk.model import GLocalK, GLocalKConfig, KernelLayer, Stage
@@ -166,6 +167,14 @@ def test_config_rejects_bad_hyperparameters(field, value, message):
     with pytest.raises(ConfigError) as err:
         GLocalKConfig(**{field: value})
     assert str(err.value) == message
+
+
+def test_cli_reports_a_bad_hyperparameter(tmp_path, capsys):
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("user,item,rating\n" + "".join(f"{u},{i},{1 + (u + i) % 5}\n" for u in range(12) for i in range(8)))
+    assert main(["fit", str(csv), "--n-dim", "0", "--out", str(tmp_path / "model")]) == 2
+    assert "n_dim (--n-dim) must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists(), "nothing written for a rejected run"
 
 
 def test_config_accepts_the_edges_of_each_range():
@@ -460,9 +469,9 @@ class _Loss(nn.Module):
         return self.model.loss(self.data, self.stage)
 
 
-@pytest.mark.parametrize("path", ["dense", "sparse", "sparse-conv-dense"])
+@pytest.mark.parametrize("execution", ["dense", "sparse", "sparse-conv-dense"])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_loss_gradcheck_float64(stage, path):
+def test_loss_gradcheck_float64(stage, execution):
     r = random_ratings(7, 5, 0.45, seed=9, empty_cols=(2,))
     model = make_model(7, 5, seed=10, n_hid=3).double()
     with torch.no_grad():
@@ -471,7 +480,7 @@ def test_loss_gradcheck_float64(stage, path):
     for layer in [*model.hidden, model.out]:
         d2 = ((layer.u.detach().numpy() - layer.v.detach().numpy()) ** 2).sum(-1)
         assert np.abs(1.0 - d2).min() > 1e-3, "test setup: a local kernel entry sits on its kink"
-    data = as_double(prepare_input(r, sparse=path != "dense", conv_dense=path == "sparse-conv-dense"))
+    data = as_double(prepare_input(r, sparse=execution != "dense", conv_dense=execution == "sparse-conv-dense"))
     wrapper = _Loss(model, data, stage)
     names = [n for n, _ in wrapper.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for _, p in wrapper.named_parameters())
@@ -479,13 +488,13 @@ def test_loss_gradcheck_float64(stage, path):
     def f(*ps):
         return torch.func.functional_call(wrapper, dict(zip(names, ps, strict=True)), ())
 
-    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4), f"stage {stage}, {path} path"
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4), f"stage {stage}, {execution} execution"
 
 
 # --------------------------------------------------------------------------- every execution == plain forward
 
 
-def compare_paths(model, r, rtol_loss, rtol_grad, atol_pred, conv_dense_options=(False, True), dtype=None):
+def compare_executions(model, r, rtol_loss, rtol_grad, atol_pred, conv_dense_options=(False, True), dtype=None):
     """Plain forward == fused dense execution == sparse execution: loss, every gradient, predictions."""
     dense = prepare_input(r, sparse=False, gk_size=model.config.gk_size)
     sparse_inputs = [prepare_input(r, sparse=True, gk_size=model.config.gk_size, conv_dense=cd)
@@ -522,13 +531,13 @@ def test_sparse_equals_dense_random_float64(gk_size):
     model = make_model(25, 18, seed=12, n_hid=6, gk_size=gk_size)
     with torch.no_grad():
         model.gk_weight.mul_(3.0)
-    compare_paths(model, r, rtol_loss=1e-12, rtol_grad=1e-10, atol_pred=1e-10, dtype=torch.float64)
+    compare_executions(model, r, rtol_loss=1e-12, rtol_grad=1e-10, atol_pred=1e-10, dtype=torch.float64)
 
 
 def test_sparse_equals_dense_random_float32():
     r = random_ratings(40, 30, 0.2, seed=13, empty_rows=(7,), empty_cols=(11,))
     model = make_model(40, 30, seed=14, n_hid=8, lambda_2=20.0, lambda_s=0.006)
-    compare_paths(model, r, rtol_loss=1e-5, rtol_grad=1e-4, atol_pred=1e-4)
+    compare_executions(model, r, rtol_loss=1e-5, rtol_grad=1e-4, atol_pred=1e-4)
 
 
 def _ml100k_base():
@@ -544,7 +553,7 @@ def test_sparse_equals_dense_ml100k():
     r = _ml100k_base()
     assert r.nnz == 80_000 and r.shape == (1682, 943)
     model = make_model(1682, 943, seed=15, n_hid=16, n_dim=5, lambda_2=20.0, lambda_s=0.006, uv_std=0.2)
-    compare_paths(model, r, rtol_loss=1e-5, rtol_grad=2e-4, atol_pred=2e-4)
+    compare_executions(model, r, rtol_loss=1e-5, rtol_grad=2e-4, atol_pred=2e-4)
 
 
 # --------------------------------------------------------------------------- ablations
@@ -586,7 +595,7 @@ def test_ablation_global_kernel_off():
 # --------------------------------------------------------------------------- what counts as observed
 
 
-def test_paths_agree_on_explicitly_stored_zeros():
+def test_executions_agree_on_explicitly_stored_zeros():
     """An explicitly stored 0 in a CSR input means "not rated" (M = (R > 0), SPEC.md) in both executions:
     prepare_input drops stored zeros, so sparse execution does not treat one as an observed rating of 0."""
     e = sp.csr_matrix((np.array([3.0, 0.0, 4.0, 5.0], np.float32), np.array([0, 1, 2, 0]),
@@ -598,13 +607,13 @@ def test_paths_agree_on_explicitly_stored_zeros():
     ref = np_loss(model, e.toarray().astype(np.float64), 1)
     dense = model.loss(prepare_input(e, sparse=False), 1).item()
     sparse = model.loss(prepare_input(e, sparse=True), 1).item()
-    assert dense == pytest.approx(ref, rel=1e-5), "dense path vs NumPy reference with M = (R > 0)"
+    assert dense == pytest.approx(ref, rel=1e-5), "dense execution vs NumPy reference with M = (R > 0)"
     assert sparse == pytest.approx(ref, rel=1e-5), (
         f"sparse execution loss {sparse} != {ref} (dense {dense}): an explicitly stored 0 is treated as an "
         "observed rating of 0")
 
 
-def test_sparse_path_gradients_are_bitwise_reproducible_with_threads():
+def test_sparse_execution_gradients_are_bitwise_reproducible_with_threads():
     """Same parameters, same data -> identical gradients on repeated passes (resume and seeds rely on it)."""
     rng = np.random.default_rng(3)
     dense = np.where(rng.random((400, 500)) < 0.25, rng.integers(1, 6, (400, 500)), 0).astype(np.float32)

@@ -273,6 +273,7 @@ def test_duplicates(tmp_path):
     msg = str(e.value)
     assert "duplicate rating for user 'a' and item 'x' at line 2 and line 4" in msg
     assert "(2 duplicate row(s) in all)" in msg and "duplicates='last'" in msg and "duplicates='mean'" in msg
+    assert "--duplicates last" in msg and "--duplicates mean" in msg  # the CLI flags, not only Python's keywords
 
     last = read_ratings(p, duplicates="last")
     assert sorted(triples(last)) == [("a", "x", 5.0), ("a", "y", 3.0), ("b", "x", 2.0)]

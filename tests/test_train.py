@@ -1,5 +1,5 @@
 """The training engine: optimiser, end-to-end learning, summaries, early stopping, validation,
-failure on non-finite losses, and resuming from checkpoints.
+option validation, failure on non-finite losses, and its resumable state as plain data.
 
 - ``lbfgs_epoch`` reaches the closed-form minimum of a convex quadratic (both optimisers);
 - a Trainer run on a synthetic low-rank matrix beats the global-mean predictor on held-out ratings;
@@ -7,13 +7,13 @@ failure on non-finite losses, and resuming from checkpoints.
 - ``patience`` stops fine-tuning early (scripted validation curve), and the val-selected weights are
   the weights of that epoch;
 - ``RatingMatrix.with_validation`` only splits the training ratings; the model never sees them;
-- a NaN loss raises TrainingError with a clear message and keeps the epoch log written so far;
-- resuming after an interruption reproduces the uninterrupted run.
+- a NaN loss raises TrainingError with a clear message;
+- ``Trainer.restore`` refuses a state of another configuration or kind (resuming through files, and
+  resume = uninterrupted run, are tested on the runner in test_protocol.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -22,10 +22,9 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.data.matrix import RatingMatrix
-from glocalk.errors import CheckpointError, DataError, TrainingError
+from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
 from glocalk.inputs import choose_execution
 from glocalk.model import GLocalKConfig
-from glocalk.store import save_dir
 from glocalk.train import TrainConfig, Trainer, lbfgs_epoch, summarise
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
@@ -99,7 +98,7 @@ def test_lbfgs_epoch_respects_max_iter_and_restarts_from_current_values():
 
 def test_lbfgs_epoch_rejects_unknown_optimizer():
     p = torch.nn.Parameter(torch.zeros(1))
-    with pytest.raises(ValueError, match="optimizer"):
+    with pytest.raises(ConfigError, match="optimizer"):
         lbfgs_epoch([p], lambda: (p * p).sum(), 1, optimizer="adam")
 
 
@@ -163,10 +162,25 @@ def test_choose_path_and_config_validation():
     with pytest.raises(ValueError, match="path"):
         choose_execution((10, 10), 5, "bogus")
     data = synthetic(seed=1, n_items=10, n_users=8)
-    with pytest.raises(ValueError, match="epoch_p"):
-        Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=-1))
-    with pytest.raises(ValueError, match="nothing to train"):
+    with pytest.raises(ConfigError, match="nothing to train"):
         Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=0, epoch_f=0))
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("patience", 0), ("patience", -2),  # defect 3: patience 0 stopped fine-tuning after one epoch
+    ("threads", 0), ("threads", -1), ("epoch_p", -1), ("epoch_f", -3), ("iter_p", -1), ("iter_f", 1.5),
+    ("optimizer", "adam"), ("path", "bogus"),
+])
+def test_invalid_train_options_are_rejected_naming_the_option(option, value):
+    data = synthetic(seed=1, n_items=10, n_users=8)
+    with pytest.raises(ConfigError, match=option):
+        Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(**{option: value}))
+    with pytest.raises(ConfigError, match=option):
+        TrainConfig(**{option: value}).validate()
+
+
+def test_patience_one_is_valid():
+    assert TrainConfig(patience=1, threads=1).validate().patience == 1
 
 
 # --------------------------------------------------------------------------- summarise
@@ -276,7 +290,7 @@ def test_with_validation_only_splits_training_ratings():
 
 
 @pytest.mark.parametrize("nan_epoch", [3, 4])  # stage 1 epoch 3 / stage 2 epoch 1
-def test_nan_loss_raises_and_keeps_log(tmp_path, nan_epoch):
+def test_nan_loss_raises_naming_stage_and_epoch(nan_epoch):
     data = synthetic(seed=5, n_items=15, n_users=12)
     tr = Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=3, epoch_f=2, iter_p=2, iter_f=2))
     original = tr.model.loss
@@ -292,137 +306,67 @@ def test_nan_loss_raises_and_keeps_log(tmp_path, nan_epoch):
         if rec["epoch"] == nan_epoch - 1:
             state["nan"] = True
 
-    log = tmp_path / "log.jsonl"
     with pytest.raises(TrainingError) as info:
-        tr.run(on_epoch=on_epoch, log_path=log)
+        tr.run(on_epoch=on_epoch)
     msg = str(info.value)
     stage, stage_epoch = (1, 3) if nan_epoch == 3 else (2, 1)
     assert "non-finite loss" in msg and f"stage {stage} epoch {stage_epoch}" in msg, msg
-    assert str(log) in msg, f"the message should point at the log: {msg}"
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == list(range(1, nan_epoch)), "the epochs before the failure stay logged"
-    assert all(math.isfinite(r["loss"]) for r in lines)
+    assert [r["epoch"] for r in tr.history] == list(range(1, nan_epoch)), "the failed epoch is not recorded"
 
 
-# --------------------------------------------------------------------------- resume
+# --------------------------------------------------------------------------- resumable state
 
 
 def _resume_setup():
     data = synthetic(seed=6, n_items=20, n_users=16).with_validation(0.15, seed=1)
     mc = GLocalKConfig(**SMALL_MODEL)
-    tc = TrainConfig(epoch_p=3, epoch_f=3, iter_p=3, iter_f=3, seed=4, path="sparse")
+    tc = TrainConfig(epoch_p=2, epoch_f=1, iter_p=2, iter_f=2, seed=4, path="sparse")
     return data, mc, tc
 
 
-class _Stop(Exception):
-    pass
-
-
-@pytest.mark.parametrize("stop_after", [2, 3, 5])
-def test_resume_equals_uninterrupted_run(tmp_path, stop_after):
+def test_state_restores_into_a_fresh_trainer_and_training_continues():
     data, mc, tc = _resume_setup()
-    full = Trainer(data, mc, tc).run()
+    first = Trainer(data, mc, tc)
 
     def interrupt(rec):
-        if rec["epoch"] == stop_after:
+        if rec["epoch"] == 2:
             raise KeyboardInterrupt
 
-    ck = tmp_path / "ck"
     with pytest.raises(KeyboardInterrupt):
-        Trainer(data, mc, tc).run(on_epoch=interrupt, checkpoint_dir=ck)
-    resumed_epochs = []
-    log = tmp_path / "log.jsonl"
-    res = Trainer(data, mc, tc).run(on_epoch=lambda r: resumed_epochs.append(r["epoch"]), checkpoint_dir=ck,
-                                    resume=True, log_path=log)
-    assert resumed_epochs == list(range(stop_after + 1, 7)), "resume must continue after the checkpointed epoch"
-    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == list(range(1, 7))
-    h_full, h_res = strip_times(full.history), strip_times(res.history)
-    assert len(h_res) == len(h_full)
-    for a, b in zip(h_full, h_res, strict=True):
-        for k in a:
-            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), f"epoch {a['epoch']} {k}: {b[k]} vs {a[k]}"
-    for k, v in full.model.state_dict().items():
-        torch.testing.assert_close(res.model.state_dict()[k], v, rtol=1e-4, atol=1e-6, msg=f"final weight {k}")
-    assert res.val_selected["epoch"] == full.val_selected["epoch"]
-    for k, v in full.selected_state.items():
-        torch.testing.assert_close(res.selected_state[k], v, rtol=1e-4, atol=1e-6, msg=f"selected weight {k}")
-    assert res.best == pytest.approx(full.best) and res.final == pytest.approx(full.final)
+        first.run(on_epoch=interrupt)
+    tensors, meta = first.state()
+    assert meta["epoch"] == 2 and [r["epoch"] for r in meta["history"]] == [1, 2] and not first.finished
+    assert {k for k in tensors if not k.startswith("selected.")} == set(first.model.state_dict())
+    second = Trainer(data, mc, tc)
+    second.restore(tensors, meta)
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[k], v), k
+    trained = []
+    res = second.run(on_epoch=lambda rec: trained.append(rec["epoch"]))
+    assert trained == [3] and [r["epoch"] for r in res.history] == [1, 2, 3]
+    assert res.selected_state is not None and res.val_selected["epoch"] == 3
 
 
-def test_resume_rejects_other_config_and_non_training_state(tmp_path):
+def test_restore_rejects_other_config_and_non_training_state():
     data, mc, tc = _resume_setup()
-    ck = tmp_path / "ck"
-    Trainer(data, mc, TrainConfig(**{**tc.to_dict(), "epoch_p": 1, "epoch_f": 0})).run(checkpoint_dir=ck)
-    with pytest.raises(TrainingError, match="train_config"):
-        Trainer(data, mc, tc).run(checkpoint_dir=ck, resume=True)
-    other = tmp_path / "other"
-    save_dir(other / "last", {"x": torch.zeros(1)}, {"kind": "something-else"})
+    tr = Trainer(data, mc, TrainConfig(**{**tc.to_dict(), "epoch_p": 1, "epoch_f": 0}))
+    tr.run()
+    tensors, meta = tr.state()
+    with pytest.raises(CheckpointError, match="cannot resume from here: .*train_config"):
+        Trainer(data, mc, tc).restore(tensors, meta, source="here")
+    other_data = synthetic(seed=7, n_items=20, n_users=16).with_validation(0.15, seed=1)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        Trainer(other_data, mc, TrainConfig(**{**tc.to_dict(), "epoch_p": 1, "epoch_f": 0})).restore(tensors, meta)
     with pytest.raises(CheckpointError, match="not a training state"):
-        Trainer(data, mc, tc).run(checkpoint_dir=other, resume=True)
+        Trainer(data, mc, tc).restore({"x": torch.zeros(1)}, {"kind": "something-else"})
 
 
-# --------------------------------------------------------------------------- known bugs found by this suite
+# --------------------------------------------------------------------------- bad input
 
 
-def test_negative_ratings_rejected_or_both_paths_agree():
-    """BUG (found by this suite): RatingMatrix accepts ratings < 0 (only zeros are dropped, though data.py
-    says scales must be > 0). The dense path then masks with R > 0 and ignores them as targets (but
-    still feeds them as inputs), while the sparse path trains on them: the two paths optimise different
-    losses. Either RatingMatrix must raise DataError, or both paths must agree."""
+def test_negative_ratings_are_rejected():
+    """Negative ratings would be inputs but not targets on the dense path (it masks R > 0) and targets on
+    the sparse one: RatingMatrix refuses them instead."""
     r = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 2.0], [-2.0, 1.0, 0.0]], dtype=np.float32)
-    try:
-        data = RatingMatrix(sp.csr_matrix(r))
-    except DataError:
-        return
-    losses = {}
-    for path in ("dense", "sparse"):
-        tr = Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=1, epoch_f=0, iter_p=1, path=path))
-        losses[path] = tr.model.loss(tr.input, 1).item()
-    assert losses["dense"] == pytest.approx(losses["sparse"], rel=1e-5), (
-        f"BUG: RatingMatrix accepted negative ratings (scale {data.rating_scale}) and the paths disagree "
-        f"on the loss: {losses}")
-
-
-class _Scripted:
-    """A validation curve fed to Trainer.evaluate, continuing across a resume."""
-
-    def __init__(self, curve):
-        self.curve = list(curve)
-
-    def __call__(self, stage):
-        v = self.curve.pop(0)
-        return {"val_rmse": v, "test_rmse": v + 0.1, "test_mae": v, "test_ndcg": 0.9}
-
-
-@pytest.mark.parametrize("how", ["completed", "interrupted-at-stop-epoch"])
-def test_resume_of_early_stopped_run_trains_no_further(tmp_path, monkeypatch, how):
-    """BUG (found by this suite): the patience decision is not re-checked on resume. A run that stopped
-    early (or was interrupted in on_epoch at the epoch where it would stop) resumes and trains one more
-    epoch, so the resumed result differs from the uninterrupted run."""
-    data = synthetic(seed=3, n_items=12, n_users=10).with_validation(0.2, seed=0)
-    mc = GLocalKConfig(**SMALL_MODEL)
-    tc = TrainConfig(epoch_p=2, epoch_f=8, iter_p=1, iter_f=1, patience=2)
-    curve = [1.0, 1.0] + [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]  # best at epoch 4; stop at 6
-    full = Trainer(data, mc, tc)
-    monkeypatch.setattr(full, "evaluate", _Scripted(curve))
-    full_epochs = [r["epoch"] for r in full.run().history]
-    assert full_epochs == [1, 2, 3, 4, 5, 6], "test setup: patience stops at epoch 6"
-
-    first = Trainer(data, mc, tc)
-    script = _Scripted(curve)
-    monkeypatch.setattr(first, "evaluate", script)
-
-    def on_epoch(rec):
-        if how == "interrupted-at-stop-epoch" and rec["epoch"] == 6:
-            raise KeyboardInterrupt
-
-    if how == "completed":
-        first.run(checkpoint_dir=tmp_path / "ck")
-    else:
-        with pytest.raises(KeyboardInterrupt):
-            first.run(checkpoint_dir=tmp_path / "ck", on_epoch=on_epoch)
-    resumed = Trainer(data, mc, tc)
-    monkeypatch.setattr(resumed, "evaluate", script)  # the rest of the same curve
-    epochs = [r["epoch"] for r in resumed.run(checkpoint_dir=tmp_path / "ck", resume=True).history]
-    assert epochs == full_epochs, (
-        f"BUG: resuming a run that early-stopped at epoch 6 trained further: epochs {epochs} vs {full_epochs}")
+    with pytest.raises(DataError, match="negative"):
+        RatingMatrix(sp.csr_matrix(r))

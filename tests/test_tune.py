@@ -12,6 +12,7 @@ pytest.importorskip("optuna")
 from conftest import tiny_ratings  # noqa: E402
 
 import glocalk.compare.tune as tune_mod  # noqa: E402
+import glocalk.protocol as protocol  # noqa: E402
 from glocalk.compare.tune import SEARCH_SPACE, describe_space, tune  # noqa: E402
 from glocalk.data.matrix import RatingMatrix  # noqa: E402
 
@@ -27,16 +28,16 @@ def search(tmp_path_factory):
     out = tmp_path_factory.mktemp("tune")
     seen = []
 
-    class Recording(tune_mod.Trainer):
+    class Recording(protocol.Trainer):
         def __init__(self, data, *args, **kwargs):
             seen.append(data.test is None)
             super().__init__(data, *args, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(tune_mod, "Trainer", Recording)
+    mp.setattr(protocol, "Trainer", Recording)  # the runner builds every trainer
     try:
-        report = tune(tiny_data(), 3, out, val_frac=0.1, seed=1, fixed=FIXED, patience=None, prune=False,
-                      command=["test"])
+        report = tune(tiny_data(), n_trials=3, out_dir=out, val_frac=0.1, seed=1, fixed=FIXED, patience=None,
+                      prune=False, command=["test"])
     finally:
         mp.undo()
     return out, report, seen
@@ -79,8 +80,8 @@ def test_the_search_never_sees_the_test_set(search):
 
 
 def test_pruning_and_early_stopping_run(tmp_path):
-    report = tune(tiny_data(), 4, tmp_path, val_frac=0.1, seed=2, fixed={**FIXED, "epoch_f": 4}, patience=1,
-                  prune=True, evaluate_test=False)
+    report = tune(tiny_data(), n_trials=4, out_dir=tmp_path, val_frac=0.1, seed=2, fixed={**FIXED, "epoch_f": 4},
+                  patience=1, prune=True, evaluate_test=False)
     assert report["test"] is None and report["n_trials"] == 4
     trials = json.loads((tmp_path / "trials.json").read_text())["trials"]
     assert all(t["state"] in ("COMPLETE", "PRUNED") for t in trials)
@@ -116,7 +117,7 @@ def test_trial_zero_is_the_preset(tmp_path):
 
     data = tiny_data()
     data = RatingMatrix(data.train, data.test, rating_scale=data.rating_scale, name="ml-100k")
-    report = tune(data, 1, tmp_path, val_frac=0.1, seed=3, fixed=FIXED, patience=None, prune=False,
+    report = tune(data, n_trials=1, out_dir=tmp_path, val_frac=0.1, seed=3, fixed=FIXED, patience=None, prune=False,
                   evaluate_test=False)
     trial0 = json.loads((tmp_path / "trials.json").read_text())["trials"][0]["params"]
     preset = PRESETS["ml-100k"]
@@ -129,7 +130,7 @@ def test_preset_trial_can_be_switched_off(tmp_path):
 
     data = tiny_data()
     data = RatingMatrix(data.train, data.test, rating_scale=data.rating_scale, name="ml-100k")
-    tune(data, 1, tmp_path, val_frac=0.1, seed=3, fixed=FIXED, patience=None, prune=False, evaluate_test=False,
-         preset_first=False)
+    tune(data, n_trials=1, out_dir=tmp_path, val_frac=0.1, seed=3, fixed=FIXED, patience=None, prune=False,
+         evaluate_test=False, preset_first=False)
     trial0 = json.loads((tmp_path / "trials.json").read_text())["trials"][0]["params"]
     assert trial0["lambda_2"] != PRESETS["ml-100k"]["lambda_2"]

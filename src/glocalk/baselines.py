@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -200,6 +201,28 @@ def _select(history: list[dict]) -> dict:
     return min(history, key=lambda r: r["val_rmse"])
 
 
+@dataclass
+class MFOptions:
+    """Hyperparameters and execution of ``BiasedMF`` (the defaults are the benchmark's)."""
+
+    factors: int = 64
+    epochs: int = 100
+    """Maximum epochs per regularisation strength."""
+    patience: int = 10
+    """Early stopping: epochs without a better validation RMSE."""
+    lr: float = 5e-3
+    regs: tuple[float, ...] = (0.05, 0.1, 0.2)
+    """The grid of L2 strengths, chosen on validation."""
+    default_reg: float = 0.1
+    """The strength used without a validation split."""
+    batch_size: int = 1024
+    init_std: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = 1
+    """Torch CPU threads while fitting (None: torch's setting)."""
+
+
 class BiasedMF(Baseline):
     """Biased matrix factorisation (mu + b_i + b_u + q_i . p_u), mini-batch Adam in PyTorch.
 
@@ -214,14 +237,15 @@ class BiasedMF(Baseline):
     name = "biased-mf"
     stochastic = True
 
-    def __init__(self, factors: int = 64, epochs: int = 100, patience: int = 10, lr: float = 5e-3,
-                 regs: tuple[float, ...] = (0.05, 0.1, 0.2), default_reg: float = 0.1, batch_size: int = 1024,
-                 init_std: float = 0.01, seed: int = 0, device: str = "cpu", threads: int | None = 1) -> None:
+    def __init__(self, options: MFOptions | None = None, **fields) -> None:
         super().__init__()
-        self.threads = threads
-        self.factors, self.epochs, self.patience, self.lr = factors, epochs, patience, lr
-        self.regs, self.default_reg, self.batch_size = tuple(regs), default_reg, batch_size
-        self.init_std, self.seed, self.device = init_std, seed, torch.device(device)
+        if options is not None and fields:
+            raise TypeError("give either an MFOptions or its fields as keywords, not both")
+        o = options or MFOptions(**fields)
+        self.threads = o.threads
+        self.factors, self.epochs, self.patience, self.lr = o.factors, o.epochs, o.patience, o.lr
+        self.regs, self.default_reg, self.batch_size = tuple(o.regs), o.default_reg, o.batch_size
+        self.init_std, self.seed, self.device = o.init_std, o.seed, torch.device(o.device)
 
     def fit(self, data: RatingMatrix) -> list[dict]:
         splits = self._prepare(data)

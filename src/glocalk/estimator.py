@@ -56,8 +56,7 @@ from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.model import GLocalK, GLocalKConfig
 from glocalk.model_dir import Member, SavedModel, fingerprint, load_model, save_model
 from glocalk.presets import MODEL_KEYS, preset, split_config
-from glocalk.store import load_dir, save_dir
-from glocalk.train import Trainer
+from glocalk.protocol import RunOptions, train_run
 
 UNKNOWN_POLICIES = ("error", "baseline")
 DUPLICATE_POLICIES = ("error", "last", "first", "mean")
@@ -69,8 +68,6 @@ BASELINE_SWEEPS = 15
 _CHUNK = 65536  # pairs per block in Scorer.scores, bounding memory at _CHUNK * n_hid floats
 
 OnEpoch = Callable[[int, dict], None]
-_Member = Member  # what _train_member returns
-_fingerprint = fingerprint
 
 
 @dataclass
@@ -573,41 +570,13 @@ _DEFAULTS = {"preset": "ml-100k", "seed": 1, "n_ensemble": None, "val_frac": Non
 
 
 def _train_member(data: RatingMatrix, params: dict, seed: int, on_epoch: Callable[[dict], None] | None,
-                  state_dir: Path | None, resume: bool) -> _Member:
-    """Train one seed; with ``state_dir`` keep per-epoch state there and a ``done`` record at the end.
-
-    The ``done`` record lets a resume skip a finished member instead of re-entering the Trainer
-    (which would train past an early stop).
-    """
+                  state_dir: Path | None, resume: bool) -> Member:
+    """Train one seed with ``glocalk.protocol.train_run`` (its state in ``state_dir``; a finished one is reused)."""
     model_config, train_config = split_config({**params, "seed": seed})
-    ident = {"model_config": model_config.to_dict(),
-             "train_config": {k: v for k, v in train_config.to_dict().items() if k not in ("device", "threads")},
-             "fingerprint": data.fingerprint(),
-             "val_fingerprint": None if data.val is None else _fingerprint(data.val)}
-    done = None if state_dir is None else state_dir / "done"
-    if resume and done is not None and done.exists():
-        tensors, meta = load_dir(done)
-        if meta.get("kind") != "glocalk-member" or meta.get("ident") != ident:
-            raise CheckpointError(f"cannot resume from {done}: it was trained with other data or parameters; "
-                                  "use the same data and options, or a new output directory")
-        return _Member(seed, int(meta["stage"]), int(meta["epoch"]), tensors, meta["history"])
-    if state_dir is not None and not resume and state_dir.exists():
-        import shutil
-
-        shutil.rmtree(state_dir)  # a fresh fit must not pick up an old state
-    trainer = Trainer(data, model_config, train_config)
-    result = trainer.run(on_epoch=on_epoch, checkpoint_dir=state_dir, resume=resume)
-    history = [{**rec, "path": result.path} for rec in result.history]
-    if result.selected_state is not None:
-        state, stage, epoch = result.selected_state, result.selected_stage, result.val_selected["epoch"]
-    else:
-        state, stage, epoch = result.model.state_dict(), history[-1]["stage"], history[-1]["epoch"]
-    state = {k: v.detach().cpu().clone() for k, v in state.items()}
-    member = _Member(seed, int(stage), int(epoch), state, history)
-    if done is not None:
-        save_dir(done, state, {"kind": "glocalk-member", "ident": ident, "stage": member.stage,
-                               "epoch": member.epoch, "history": history})
-    return member
+    record = train_run(data, model_config, train_config,
+                       RunOptions(state_dir=state_dir, resume=resume, on_epoch=on_epoch))
+    history = [{**rec, "path": record.path} for rec in record.history]
+    return Member(seed, record.model.stage, record.model.epoch, record.model.state, history)
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Sparse building blocks for the O(nnz) execution path.
+"""Sparse building blocks for the O(nnz) sparse execution.
 
-Two autograd functions carry the whole sparse path:
+Two autograd functions carry the whole sparse execution:
 
 - ``spmm(values, dense, pattern)``: (sparse matrix with ``pattern`` and ``values``) @ dense,
   differentiable in both the values and the dense operand;

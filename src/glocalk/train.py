@@ -1,4 +1,7 @@
-"""The two-stage GLocal-K training engine: per-epoch L-BFGS, evaluation, selection, checkpoints.
+"""The two-stage GLocal-K training engine: per-epoch L-BFGS, evaluation and selection, no file I/O.
+
+A ``Trainer`` holds the model and its per-epoch history; ``Trainer.state`` exposes what a resume
+needs as plain data and ``Trainer.restore`` takes it back (``glocalk.protocol`` writes it to disk).
 
 Optimiser semantics follow the original TF code, which drove SciPy's L-BFGS-B through
 ``tf.contrib.opt.ScipyOptimizerInterface``: every epoch is one fresh ``minimize`` call
@@ -11,12 +14,11 @@ GPU; same algorithm family, not bit-identical numbers).
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import scipy.optimize
@@ -24,12 +26,17 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.data.matrix import RatingMatrix
-from glocalk.errors import CheckpointError, TrainingError
+from glocalk.errors import CheckpointError, ConfigError, TrainingError
 from glocalk.inputs import TrainingInput, choose_execution, prepare_input
 from glocalk.metrics import evaluate
 from glocalk.model import GLocalK, GLocalKConfig
 from glocalk.sparse import SparsePattern
-from glocalk.store import load_dir, save_dir
+
+OPTIMIZERS = ("scipy", "torch")
+PATHS = ("auto", "dense", "sparse")
+STATE_KIND = "glocalk-training-state"
+SELECTED = "selected."  # prefix of the val-selected epoch's tensors in ``Trainer.state``
+OnEpoch = Callable[[dict], None]
 
 
 @dataclass
@@ -49,6 +56,28 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> TrainConfig:
+        """Raise ConfigError naming the first invalid option; returns self."""
+        for name in ("epoch_p", "epoch_f", "iter_p", "iter_f", "seed"):
+            value = getattr(self, name)
+            if not _is_int(value) or (name != "seed" and value < 0):
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.epoch_p + self.epoch_f == 0:
+            raise ConfigError("nothing to train: epoch_p and epoch_f are both 0")
+        for name in ("patience", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ConfigError(f"{name} must be an integer >= 1 (or None), got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.path not in PATHS:
+            raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {self.path!r}")
+        return self
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 @dataclass
@@ -135,7 +164,7 @@ def lbfgs_epoch(params: list[torch.nn.Parameter], loss_fn: Callable[[], torch.Te
             final = loss_fn().item()
         return {"loss": final, "nfev": nfev, "nit": int(state.get("n_iter", 0))}
     if optimizer != "scipy":
-        raise ValueError(f"optimizer must be 'scipy' or 'torch', got {optimizer!r}")
+        raise ConfigError(f"optimizer must be 'scipy' or 'torch', got {optimizer!r}")
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         _assign(params, x)
@@ -153,19 +182,14 @@ def lbfgs_epoch(params: list[torch.nn.Parameter], loss_fn: Callable[[], torch.Te
 
 
 class Trainer:
-    """Runs the paper's protocol on one ``RatingMatrix``; see ``train`` for the usual entry point."""
+    """Runs the paper's protocol on one ``RatingMatrix``; ``glocalk.protocol.train_run`` is the usual entry point."""
 
     def __init__(self, data: RatingMatrix, model_config: GLocalKConfig | None = None,
                  train_config: TrainConfig | None = None) -> None:
         self.data = data
         self.model_config = model_config or GLocalKConfig()
-        self.config = train_config or TrainConfig()
+        self.config = (train_config or TrainConfig()).validate()
         c = self.config
-        for name in ("epoch_p", "epoch_f", "iter_p", "iter_f"):
-            if getattr(c, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(c, name)}")
-        if c.epoch_p + c.epoch_f == 0:
-            raise ValueError("nothing to train: epoch_p and epoch_f are both 0")
         if c.threads:
             torch.set_num_threads(c.threads)
         self.device = resolve_device(c.device)
@@ -198,6 +222,7 @@ class Trainer:
         return out
 
     def evaluate(self, stage: int) -> dict[str, float]:
+        """Metrics of the current weights on every split, keyed ``train_rmse``, ``val_rmse``, ``test_ndcg``, ..."""
         preds = self.predictions(stage)
         scale = self.data.rating_scale
         row = {}
@@ -210,128 +235,134 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------
 
-    def _stage_of(self, epoch: int) -> tuple[int, int]:
+    def stage_of(self, epoch: int) -> tuple[int, int]:
+        """(stage, epoch within the stage) of a global epoch number (1-based)."""
         c = self.config
         return (1, epoch) if epoch <= c.epoch_p else (2, epoch - c.epoch_p)
 
-    def run(self, on_epoch: Callable[[dict], None] | None = None, log_path: str | Path | None = None,
-            checkpoint_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
-        """Train both stages; evaluate after every epoch; return summaries and the model."""
+    @property
+    def finished(self) -> bool:
+        """True once the epoch budget is spent or early stopping has ended the run."""
         c = self.config
-        start_epoch = 1
-        state = None
-        if resume and checkpoint_dir is not None:
-            # A kill between save_dir's two renames leaves only ".last.old": the previous epoch.
-            state = next((p for p in (Path(checkpoint_dir) / "last", Path(checkpoint_dir) / ".last.old")
-                          if p.is_dir()), None)
-        if state is not None:
-            start_epoch = self._restore(state) + 1
-            if self.history and self._should_stop(self.history[-1]):
-                start_epoch = c.epoch_p + c.epoch_f + 1  # the run had already stopped early
-        log_file = None
-        if log_path is not None:
-            log_path = Path(log_path)
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            # On resume the log is rewritten from the restored history, so it never holds
-            # epochs the restored state did not see.
-            log_file = open(log_path, "w")
-            for rec in self.history:
-                log_file.write(json.dumps(rec) + "\n")
-            log_file.flush()
+        return bool(self.history) and (self.history[-1]["epoch"] >= c.epoch_p + c.epoch_f
+                                       or self._should_stop(self.history[-1]))
+
+    def run(self, on_epoch: OnEpoch | Sequence[OnEpoch] | None = None) -> TrainResult:
+        """Train both stages from the current epoch (after ``restore``: the next one); evaluate after every
+        epoch, then call each ``on_epoch(record)``; return summaries and the model."""
+        callbacks = [] if on_epoch is None else [on_epoch] if callable(on_epoch) else list(on_epoch)
         t_start = time.perf_counter() - sum(r["seconds"] + r["eval_seconds"] for r in self.history)
-        try:
-            total = c.epoch_p + c.epoch_f
-            for epoch in range(start_epoch, total + 1):
-                stage, stage_epoch = self._stage_of(epoch)
-                params = self.model.network_parameters() if stage == 1 else self.model.finetune_parameters()
-                t0 = time.perf_counter()
-                opt = lbfgs_epoch(params, lambda stage=stage: self.model.loss(self.input, stage),
-                                  c.iter_p if stage == 1 else c.iter_f, c.optimizer)
-                t1 = time.perf_counter()
-                if not math.isfinite(opt["loss"]):
-                    raise TrainingError(
-                        f"non-finite loss ({opt['loss']}) in stage {stage} epoch {stage_epoch}: the "
-                        "optimisation diverged; try a larger lambda_2 or a smaller dot_scale"
-                        + (f" (epochs up to {epoch - 1} are logged in {log_path})" if log_path else "")
-                    )
-                rec = {"epoch": epoch, "stage": stage, "stage_epoch": stage_epoch, **opt,
-                       **self.evaluate(stage)}
-                rec["seconds"] = t1 - t0
-                rec["eval_seconds"] = time.perf_counter() - t1
-                self.history.append(rec)
-                if self._is_selected(rec):
-                    self.selected_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                if log_file is not None:
-                    log_file.write(json.dumps(rec) + "\n")
-                    log_file.flush()
-                if checkpoint_dir is not None:
-                    self._save(Path(checkpoint_dir) / "last", epoch)
-                if on_epoch is not None:
-                    on_epoch(rec)
-                if self._should_stop(rec):
-                    break
-        finally:
-            if log_file is not None:
-                log_file.close()
+        while not self.finished:
+            rec = self._epoch(len(self.history) + 1)
+            self.history.append(rec)
+            if self._is_selected(rec):
+                self.selected_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            for callback in callbacks:
+                callback(rec)
         best, final, val_sel = summarise(self.history)
         return TrainResult(
             model=self.model, history=self.history, best=best, final=final, val_selected=val_sel,
             selected_state=self.selected_state,
-            selected_stage=None if val_sel is None else self._stage_of(val_sel["epoch"])[0],
+            selected_stage=None if val_sel is None else self.stage_of(val_sel["epoch"])[0],
             seconds=time.perf_counter() - t_start, path=self.path, data=self.input,
         )
 
-    def _candidates(self) -> list[dict]:
-        return _selection_pool(self.history)
+    def _epoch(self, epoch: int) -> dict:
+        """One optimiser epoch and its evaluation record."""
+        c = self.config
+        stage, stage_epoch = self.stage_of(epoch)
+        params = self.model.network_parameters() if stage == 1 else self.model.finetune_parameters()
+        t0 = time.perf_counter()
+        opt = lbfgs_epoch(params, lambda: self.model.loss(self.input, stage),
+                          c.iter_p if stage == 1 else c.iter_f, c.optimizer)
+        t1 = time.perf_counter()
+        if not math.isfinite(opt["loss"]):
+            raise TrainingError(
+                f"non-finite loss ({opt['loss']}) in stage {stage} epoch {stage_epoch}: the "
+                "optimisation diverged; try a larger lambda_2 or a smaller dot_scale")
+        rec = {"epoch": epoch, "stage": stage, "stage_epoch": stage_epoch, **opt, **self.evaluate(stage)}
+        rec["seconds"] = t1 - t0
+        rec["eval_seconds"] = time.perf_counter() - t1
+        return rec
 
     def _is_selected(self, rec: dict) -> bool:
         if "val_rmse" not in rec:
             return False
-        pool = self._candidates()
+        pool = _selection_pool(self.history)
         return rec in pool and min(pool, key=lambda r: r["val_rmse"]) is rec
 
     def _should_stop(self, rec: dict) -> bool:
         c = self.config
         if c.patience is None or "val_rmse" not in rec or rec["stage"] != (2 if c.epoch_f else 1):
             return False
-        pool = self._candidates()
-        best = min(pool, key=lambda r: r["val_rmse"])
+        best = min(_selection_pool(self.history), key=lambda r: r["val_rmse"])
         return rec["epoch"] - best["epoch"] >= c.patience
 
-    # -- checkpoints -------------------------------------------------------------------
+    # -- resumable state (plain data; the protocol stores it) ------------------------
 
-    def _meta(self) -> dict:
-        return {"model_config": self.model_config.to_dict(),
-                "train_config": {k: v for k, v in self.config.to_dict().items() if k not in ("device", "threads")},
-                "fingerprint": self.data.fingerprint(), "path": self.path}
+    def identity(self) -> dict:
+        """What a saved state must match to be resumed here: configurations and data fingerprints."""
+        return training_identity(self.data, self.model_config, self.config)
 
-    def _save(self, path: Path, epoch: int) -> None:
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, meta) to resume from: current and val-selected weights, history, epoch, identity."""
         tensors = dict(self.model.state_dict())
         if self.selected_state is not None:
-            tensors.update({f"selected.{k}": v for k, v in self.selected_state.items()})
-        save_dir(path, tensors, {"kind": "glocalk-training-state", "epoch": epoch,
-                                 "history": self.history, **self._meta()})
+            tensors.update({SELECTED + k: v for k, v in self.selected_state.items()})
+        epoch = self.history[-1]["epoch"] if self.history else 0
+        return tensors, {"kind": STATE_KIND, "epoch": epoch, "history": self.history, "path": self.path,
+                         **self.identity()}
 
-    def _restore(self, path: Path) -> int:
-        tensors, meta = load_dir(path)
-        if meta.get("kind") != "glocalk-training-state":
-            raise CheckpointError(f"{path} is not a training state (kind={meta.get('kind')!r})")
-        mine = self._meta()
-        for key in ("model_config", "train_config", "fingerprint"):
-            if meta.get(key) != mine[key]:
-                raise TrainingError(
-                    f"cannot resume from {path}: its {key} differs from this run's "
-                    f"({meta.get(key)} vs {mine[key]}); use the same data and options, or a new --out"
-                )
-        selected = {k[len("selected."):]: v for k, v in tensors.items() if k.startswith("selected.")}
-        state = {k: v for k, v in tensors.items() if not k.startswith("selected.")}
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict, source: str = "the saved state") -> None:
+        """Continue from ``state()``'s output (``source`` names it in errors); ``run`` then trains the rest.
+
+        Raises CheckpointError if it is no training state, or was made with other data or options.
+        """
+        check_identity(meta, self.identity(), source)
+        selected = {k[len(SELECTED):]: v for k, v in tensors.items() if k.startswith(SELECTED)}
+        weights = {k: v for k, v in tensors.items() if not k.startswith(SELECTED)}
         try:
-            self.model.load_state_dict(state)
+            self.model.load_state_dict(weights)
         except RuntimeError as e:
-            raise CheckpointError(f"{path}: weights do not fit the model: {e}") from e
+            raise CheckpointError(f"{source}: weights do not fit the model: {e}") from e
         self.selected_state = {k: v.to(self.device) for k, v in selected.items()} or None
         self.history = list(meta["history"])
-        return int(meta["epoch"])
+
+
+def training_identity(data: RatingMatrix, model_config: GLocalKConfig, train_config: TrainConfig) -> dict:
+    """The configuration and data a training state belongs to (device and threads never change results)."""
+    return {"model_config": model_config.to_dict(),
+            "train_config": {k: v for k, v in train_config.to_dict().items() if k not in ("device", "threads")},
+            "fingerprint": data.fingerprint(),
+            "val_fingerprint": None if data.val is None else _csr_digest(data.val)}
+
+
+def check_identity(meta: dict, identity: dict, source: str) -> None:
+    """CheckpointError unless ``meta`` is a training state of ``identity`` (as made by ``training_identity``).
+
+    A state written before validation splits were fingerprinted (no ``val_fingerprint``) is accepted on
+    the other keys: its training fingerprint already depends on the split.
+    """
+    if not isinstance(meta, dict) or meta.get("kind") != STATE_KIND:
+        kind = meta.get("kind") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{source} is not a training state (kind={kind!r})")
+    for key, mine in identity.items():
+        if key == "val_fingerprint" and key not in meta:
+            continue
+        if meta.get(key) != mine:
+            raise CheckpointError(
+                f"cannot resume from {source}: it was trained with other data or parameters (its {key} "
+                f"differs from this run's: {meta.get(key)} vs {mine}); use the same data and options, "
+                "or a new output folder")
+
+
+def _csr_digest(m: sp.csr_matrix) -> str:
+    m = sp.csr_matrix(m)
+    m.sort_indices()
+    h = hashlib.sha256(np.asarray(m.shape, dtype=np.int64).tobytes())
+    for arr in (m.indptr, m.indices, m.data):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
 
 
 def _selection_pool(history: list[dict]) -> list[dict]:
@@ -371,6 +402,10 @@ def summarise(history: list[dict]) -> tuple[dict | None, dict | None, dict | Non
 
 
 def train(data: RatingMatrix, model_config: GLocalKConfig | None = None,
-          train_config: TrainConfig | None = None, **run_kwargs) -> TrainResult:
-    """Train GLocal-K on ``data`` (both stages) and return the result; see ``Trainer.run``."""
-    return Trainer(data, model_config, train_config).run(**run_kwargs)
+          train_config: TrainConfig | None = None, on_epoch: OnEpoch | Sequence[OnEpoch] | None = None
+          ) -> TrainResult:
+    """Train GLocal-K on ``data`` (both stages) in memory and return the result; see ``Trainer.run``.
+
+    For resume state, epoch logs, several seeds and ensembles use ``glocalk.protocol``.
+    """
+    return Trainer(data, model_config, train_config).run(on_epoch)

@@ -11,43 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="a paper benchmark dataset: ml-100k, ml-1m or douban")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with the dataset files (default: $GLOCALK_DATA, else ~/.cache/glocalk)")
-    p.add_argument("--download", action="store_true",
-                   help="download the canonical files (checksum-verified) if they are missing")
-
-
-def _add_hyperparameters(p: argparse.ArgumentParser, title: str) -> None:
-    from glocalk.cli.app import HYPERPARAMETERS
-
-    g = p.add_argument_group(title)
-    for flag, key, typ, text in HYPERPARAMETERS:
-        g.add_argument(flag, dest=key, type=typ, default=None, help=text)
-
-
-def _add_execution(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    e = p.add_argument_group("execution")
-    e.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
-    e.add_argument("--path", choices=["auto", "dense", "sparse"], default=None,
-                   help="GLocal-K execution path (default auto: by size and density)")
-    e.add_argument("--optimizer", choices=["scipy", "torch"], default=None,
-                   help="GLocal-K's L-BFGS: scipy (as the original, default) or torch")
-    e.add_argument("--threads", type=int, default=None, help="torch CPU threads for GLocal-K (default: torch's)")
-    e.add_argument("--quiet", action="store_true", help="print only the final report")
-    return e
+from glocalk.cli import options
+from glocalk.compare.harness import MODELS, QUICK_BASELINE_OPTIONS, QUICK_PARAMS, BenchmarkConfig, run_benchmark
+from glocalk.compare.tune import DEFAULT_PATIENCE, SEARCH_SPACE, TuneConfig, describe_space, tune
+from glocalk.data import datasets
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    from glocalk.cli.app import HYPERPARAMETERS
-
-    out = {key: getattr(args, key) for _, key, _, _ in HYPERPARAMETERS if getattr(args, key) is not None}
-    for key in ("path", "optimizer", "threads"):
-        if getattr(args, key) is not None:
-            out[key] = getattr(args, key)
-    return out
+    """Hyperparameters and execution options given on the command line (those not given stay out, so a
+    resumed benchmark compares equal to the run it continues)."""
+    given = {key: getattr(args, key) for key in options.EXECUTION_KEYS if getattr(args, key) is not None}
+    return {**options.overrides(args), **given}
 
 
 def _fmt(x) -> str:
@@ -58,10 +32,7 @@ def _fmt(x) -> str:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from glocalk.compare.harness import run_benchmark
-    from glocalk.data.datasets import load_dataset
-
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     overrides = _overrides(args)
     if args.patience is not None:
         overrides["patience"] = args.patience
@@ -92,12 +63,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(data.summary(), file=sys.stderr)
         print(f"{len(args.models)} models x {len(args.seed)} seeds -> {out}", file=sys.stderr)
-    run_benchmark(data, args.models, args.seed, args.val_frac, out, overrides, dataset=args.dataset,
-                  ensemble=args.ensemble, baseline_options=baseline_options, device=args.device, quick=args.quick,
-                  resume=args.resume, plots=not args.no_plots, from_train=args.from_train,
-                  train=not args.tabulate_only,
-                  on_epoch=on_epoch, on_run=on_run,
-                  command=["glocalk", *sys.argv[1:]])
+    run_benchmark(data, BenchmarkConfig(
+        models=args.models, seeds=args.seed, val_frac=args.val_frac, out_dir=out, params_overrides=overrides,
+        dataset=args.dataset, ensemble=args.ensemble, baseline_options=baseline_options, device=args.device,
+        quick=args.quick, resume=args.resume, plots=not args.no_plots, from_train=args.from_train,
+        train=not args.tabulate_only, on_epoch=on_epoch, on_run=on_run, command=["glocalk", *sys.argv[1:]]))
     print((out / "table.md").read_text())
     written = ["results.json", "table.md"] + ([] if args.no_plots else ["curves.png", "bars.png"])
     print("written: " + ", ".join(str(out / f) for f in written))
@@ -108,11 +78,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from glocalk.cli.app import HYPERPARAMETERS
-    from glocalk.compare.tune import SEARCH_SPACE, describe_space, tune
-    from glocalk.data.datasets import load_dataset
-
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     fixed = _overrides(args)
     space = {k: v for k, v in SEARCH_SPACE.items() if k not in fixed}
     out = Path(args.out or f"runs/tune-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -132,10 +98,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     patience = None if args.patience is not None and args.patience <= 0 else args.patience
-    report = tune(data, args.trials, out, dataset=args.dataset, val_frac=args.val_frac, seed=args.seed,
-                  timeout=args.timeout, patience=patience, fixed=fixed, prune=not args.no_prune,
-                  preset_first=not args.no_preset_trial, device=args.device, command=["glocalk", *sys.argv[1:]],
-                  on_trial=on_trial)
+    report = tune(data, TuneConfig(
+        n_trials=args.trials, out_dir=out, dataset=args.dataset, val_frac=args.val_frac, seed=args.seed,
+        timeout=args.timeout, patience=patience, fixed=fixed, prune=not args.no_prune,
+        preset_first=not args.no_preset_trial, device=args.device, command=["glocalk", *sys.argv[1:]],
+        on_trial=on_trial))
     lines = [f"\nbest: trial {report['best_trial']} of {report['n_trials']} ({report['n_complete']} complete), "
              f"validation RMSE {report['best_val_rmse']:.4f}"]
     lines += [f"  {k} = {v}" for k, v in report["best_params"].items()]
@@ -143,7 +110,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if test:
         lines.append(f"test (once, the chosen trial's validation-selected model, epoch {test['epoch']}): "
                      f"RMSE {test['rmse']:.4f}  MAE {test['mae']:.4f}  NDCG {test['ndcg']:.4f}")
-    flags = {key: flag for flag, key, _, _ in HYPERPARAMETERS}
+    flags = {key: flag for flag, key, _, _ in options.HYPERPARAMETERS}
     chosen = " ".join(f"{flags[k]} {v:.6g}" if isinstance(v, float) else f"{flags[k]} {v}"
                       for k, v in report["params"].items() if k in flags)
     lines.append(f"train it: glocalk train --dataset {args.dataset} {chosen} --val-frac {args.val_frac:g}"
@@ -155,16 +122,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the ``benchmark`` and ``tune`` subcommands to the ``glocalk`` parser."""
-    from glocalk.compare.harness import MODELS, QUICK_BASELINE_OPTIONS, QUICK_PARAMS
-    from glocalk.compare.tune import DEFAULT_PATIENCE, SEARCH_SPACE, describe_space
+    _register_benchmark(sub)
+    _register_tune(sub)
 
+
+def _register_benchmark(sub) -> None:
     p = sub.add_parser(
         "benchmark", help="compare GLocal-K, its ablations and baselines on the same splits",
         description="Train several models on the same validation splits (one per seed, drawn from the "
                     "training ratings), select each model's epoch on validation, and write OUT/table.md "
                     "(test metrics mean ± std over seeds, wall time, the paper's numbers), OUT/results.json, "
                     "OUT/curves.png and OUT/bars.png. Models: " + ", ".join(MODELS) + ".")
-    _add_data_options(p)
+    options.add_data(p)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
                    help="models to run (default all): " + ", ".join(MODELS))
     p.add_argument("--seed", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
@@ -192,11 +161,13 @@ def register(sub) -> None:
                         "(default: the full epoch budget)")
     p.add_argument("--mf-factors", type=int, default=None, help="biased MF: latent factors (default 64)")
     p.add_argument("--mf-epochs", type=int, default=None, help="biased MF: maximum epochs (default 100)")
-    _add_hyperparameters(p, "GLocal-K hyperparameters (default: the dataset's preset)")
-    e = _add_execution(p)
+    options.add_hyperparameters(p, "GLocal-K hyperparameters (default: the dataset's preset)")
+    e = options.add_execution(p)
     e.add_argument("--verbose", action="store_true", help="print every GLocal-K epoch")
     p.set_defaults(func=cmd_benchmark)
 
+
+def _register_tune(sub) -> None:
     space = "; ".join(f"{k}: {v}" for k, v in describe_space(SEARCH_SPACE).items())
     t = sub.add_parser(
         "tune", help="search GLocal-K's hyperparameters on a validation split (Optuna)",
@@ -205,7 +176,7 @@ def register(sub) -> None:
                     f"trial's model is tested once at the end. Search space: {space}. A hyperparameter given "
                     "below is held fixed and leaves the search. Writes OUT/trials.json, OUT/trials.csv and "
                     "OUT/best.json.")
-    _add_data_options(t)
+    options.add_data(t)
     t.add_argument("--trials", type=int, required=True, help="number of trials")
     t.add_argument("--timeout", type=float, default=None, help="stop starting new trials after S seconds")
     t.add_argument("--val-frac", type=float, default=0.05, help="validation fraction (default 0.05)")
@@ -217,6 +188,6 @@ def register(sub) -> None:
     t.add_argument("--no-preset-trial", action="store_true",
                    help="do not start from the preset: by default trial 0 is the dataset's paper hyperparameters")
     t.add_argument("--out", default=None, help="output folder (default runs/tune-DATASET-TIME)")
-    _add_hyperparameters(t, "fixed hyperparameters (default: the dataset's preset, searched ones excepted)")
-    _add_execution(t)
+    options.add_hyperparameters(t, "fixed hyperparameters (default: the dataset's preset, searched ones excepted)")
+    options.add_execution(t)
     t.set_defaults(func=cmd_tune)

@@ -28,28 +28,31 @@ Outputs in ``out_dir``: ``results.json`` (configuration, per-run results and cur
 aggregates), ``table.md``, ``curves.png`` (train / validation / test RMSE per epoch, one
 panel per model, first seed), ``bars.png`` (test RMSE with std error bars),
 ``runs/MODEL/seed-N.jsonl`` (each run's per-epoch history) and
-``predictions/MODEL-seed-N.npy`` (each run's test predictions, CSR order).
+``predictions/MODEL-seed-N.npy`` (each run's test predictions, CSR order). While a GLocal-K
+run is unfinished its resume state lives in ``state/MODEL-seed-N`` (``glocalk.protocol``'s
+layout); it is removed once the run is recorded in results.json.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from glocalk.baselines import BASELINES, entries, make_baseline
+from glocalk.compare.report import mean_std
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import TrainingError
-from glocalk.presets import GLOCALK_VARIANTS, LABELS, PAPER_RESULTS, PRESETS, split_config
-from glocalk.protocol import ensemble_metrics
+from glocalk.presets import GLOCALK_VARIANTS, LABELS, PAPER_CAPTION, PAPER_RESULTS, PRESETS, split_config
+from glocalk.protocol import RunOptions, ensemble_metrics, options_or_fields, saved_state, train_run
 from glocalk.store import device_description, versions, write_json_atomic
-from glocalk.train import Trainer, summarise
+from glocalk.train import summarise
 
 MODELS: tuple[str, ...] = (*BASELINES, *GLOCALK_VARIANTS)
 # --quick: a smoke run, minutes instead of hours; its numbers mean nothing.
@@ -99,71 +102,46 @@ def run_baseline(name: str, split: RatingMatrix, seed: int, device: str = "cpu",
     return run, preds
 
 
-def run_glocalk(variant: str, split: RatingMatrix, params: dict, seed: int, device: str = "cpu",
-                log_path: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None,
-                pretrain_out: dict | None = None, checkpoint_dir: str | Path | None = None,
-                resume: bool = False) -> tuple[dict, np.ndarray | None]:
-    """Train one GLocal-K family member with ``glocalk.train.Trainer``.
+def run_glocalk(variant: str, split: RatingMatrix, params: dict, seed: int,
+                options: RunOptions | None = None, device: str = "cpu"
+                ) -> tuple[dict, np.ndarray | None, tuple[dict, np.ndarray | None] | None]:
+    """Train one GLocal-K family member with ``glocalk.protocol.train_run``.
 
-    Returns (run record, clipped test predictions of the validation-selected epoch's weights).
-    With ``pretrain_out`` (a dict, filled in): also the ``glocalk-pretrain`` run derived from this
-    run's pre-training epochs, under ``"run"`` and ``"preds"``. It is the same computation as a
-    separate ``epoch_f = 0`` run of the same seed (same initialisation, split and stage-1 updates),
-    selected on validation among the pre-training epochs, without paying for it twice.
-
-    ``checkpoint_dir``: the trainer's per-epoch state; with ``resume`` a state found there is
-    continued (``Trainer.run`` checks that its configuration and data match). A run restored past
-    its pre-training has no pre-training weights left: its derived ``glocalk-pretrain`` run then
-    carries metrics but no test predictions (``None``; it leaves the ensembles).
+    Returns (run record, clipped test predictions of the handed-over model, derived). ``options``:
+    the runner's state folder, epoch log, resume and callback (``predict_test`` is always on). With
+    ``options.select_pretraining``, ``derived`` is the ``glocalk-pretrain`` run (record, predictions)
+    read off this run's pre-training epochs: the same computation as a separate ``epoch_f = 0`` run
+    of the same seed (same initialisation, split and stage-1 updates), selected on validation among
+    the pre-training epochs, without paying for it twice. The runner's state keeps those weights
+    across an interrupt; a run continued from a ``glocalk train`` state (``--from-train``) has none:
+    its derived run then carries metrics but no predictions (None; it leaves the ensembles).
+    Without ``select_pretraining`` ``derived`` is None.
     """
     model_config, train_config = split_config({**params, **GLOCALK_VARIANTS[variant], "seed": seed,
                                                "device": device})
-    t0 = time.perf_counter()
-    trainer = Trainer(split, model_config, train_config)
-    snapshot: dict = {}
-
-    def hook(rec: dict) -> None:
-        if pretrain_out is not None and rec["stage"] == 1 and rec.get("val_rmse", math.inf) < snapshot.get(
-                "val_rmse", math.inf):
-            snapshot.update(val_rmse=rec["val_rmse"],
-                            state={k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
-        if on_epoch is not None:
-            on_epoch(rec)
-
-    result = trainer.run(on_epoch=hook, log_path=log_path, checkpoint_dir=checkpoint_dir, resume=resume)
-    wall = max(time.perf_counter() - t0, result.seconds)  # resumed: the restored epochs' time counts too
-    has_test = "test" in trainer.splits
-    stage1 = [r for r in result.history if r["stage"] == 1]
-    if pretrain_out is not None and stage1:
+    options = replace(options or RunOptions(), predict_test=True)
+    record = train_run(split, model_config, train_config, options)
+    wall = max(record.wall_time_s, record.seconds)  # resumed: the restored epochs' time counts too
+    info = {"path": record.path, "model_config": model_config.to_dict(), "train_config": train_config.to_dict()}
+    run = {"model": variant, "seed": seed, "wall_time_s": wall, "epochs_run": len(record.history),
+           "val_selected": record.val_selected, "final": record.final, "best": record.best,
+           "info": info, "history": record.history}
+    stage1 = [r for r in record.history if r["stage"] == 1]
+    derived = None
+    if options.select_pretraining and stage1:
         best, final, val_sel = summarise(stage1)
-        if "state" in snapshot and snapshot["val_rmse"] == val_sel["val_rmse"]:
-            trainer.model.load_state_dict(snapshot["state"])
-            pretrain_out["preds"] = np.clip(trainer.predictions(1)["test"], *split.rating_scale) if has_test else None
-        else:  # its selected epoch was restored from a checkpoint, not trained here: no weights
-            pretrain_out["preds"] = None
-        pretrain_out["run"] = {
-            "model": "glocalk-pretrain", "seed": seed,
-            "wall_time_s": float(sum(r["seconds"] + r["eval_seconds"] for r in stage1)),
-            "epochs_run": len(stage1), "val_selected": val_sel, "final": final, "best": best,
-            "info": {"path": result.path, "model_config": model_config.to_dict(),
-                     "train_config": {**train_config.to_dict(), "epoch_f": 0},
-                     "shared_with": variant,
-                     "note": f"the pre-training epochs of this seed's {variant} run (the same computation)"},
-            "history": stage1}
-    preds = None
-    if has_test:
-        if result.selected_state is not None:
-            trainer.model.load_state_dict(result.selected_state)
-            stage = result.selected_stage
-        else:
-            stage = result.history[-1]["stage"]
-        preds = np.clip(trainer.predictions(stage)["test"], *split.rating_scale)
-    run = {"model": variant, "seed": seed, "wall_time_s": wall, "epochs_run": len(result.history),
-           "val_selected": result.val_selected, "final": result.final, "best": result.best,
-           "info": {"path": result.path, "model_config": model_config.to_dict(),
-                    "train_config": train_config.to_dict()},
-           "history": result.history}
-    return run, preds
+        pre = {"model": "glocalk-pretrain", "seed": seed,
+               "wall_time_s": float(sum(r["seconds"] + r["eval_seconds"] for r in stage1)),
+               "epochs_run": len(stage1), "val_selected": val_sel, "final": final, "best": best,
+               "info": {**info, "train_config": {**info["train_config"], "epoch_f": 0}, "shared_with": variant,
+                        "note": f"the pre-training epochs of this seed's {variant} run (the same computation)"},
+               "history": stage1}
+        derived = (pre, _clipped(record.pretraining and record.pretraining.test_predictions, split))
+    return run, _clipped(record.model.test_predictions, split), derived
+
+
+def _clipped(predictions: np.ndarray | None, split: RatingMatrix) -> np.ndarray | None:
+    return None if predictions is None else np.clip(predictions, *split.rating_scale)
 
 
 def _jsonable(obj):
@@ -208,164 +186,216 @@ def _dataset_key(data: RatingMatrix, dataset: str | None) -> str | None:
     return key if key in PRESETS or key in PAPER_RESULTS else None
 
 
-def run_benchmark(data: RatingMatrix, models: list[str], seeds: list[int], val_frac: float = 0.05,
-                  out_dir: str | Path = "runs/benchmark", params_overrides: dict | None = None, *,
-                  dataset: str | None = None, ensemble: bool = False, baseline_options: dict | None = None,
-                  device: str = "cpu", quick: bool = False, resume: bool = False, plots: bool = True,
-                  share_pretraining: bool = True, from_train: str | Path | None = None, train: bool = True,
-                  on_epoch: Callable[[str, int, dict], None] | None = None,
-                  on_run: Callable[[dict], None] | None = None, command: list[str] | None = None) -> dict:
+@dataclass
+class BenchmarkConfig:
+    """What ``run_benchmark`` trains, how, and where its outputs go."""
+
+    models: list[str]
+    """Names from ``MODELS``."""
+    seeds: list[int]
+    """One split and one training run per model per seed."""
+    val_frac: float = 0.05
+    """Fraction of the training ratings held out for selection."""
+    out_dir: str | Path = "runs/benchmark"
+    params_overrides: dict | None = None
+    """GLocal-K hyperparameters over the dataset's preset (``patience``, ``threads``, ``optimizer``,
+    ``path`` are accepted too)."""
+    dataset: str | None = None
+    """Preset / paper-results key (default: ``data.name``)."""
+    ensemble: bool = False
+    """Also evaluate the mean of the seeds' test predictions for each stochastic model."""
+    baseline_options: dict | None = None
+    """Per-baseline constructor options, e.g. ``{"biased-mf": {"factors": 32}}``."""
+    device: str = "cpu"
+    """Torch device for the GLocal-K family and biased MF."""
+    quick: bool = False
+    """A smoke run (``QUICK_PARAMS``, ``QUICK_BASELINE_OPTIONS``)."""
+    resume: bool = False
+    """Reuse the finished (model, seed) runs of a previous results.json in ``out_dir`` and continue its
+    interrupted GLocal-K runs (TrainingError if it was made with other data or another configuration)."""
+    plots: bool = True
+    """Write curves.png and bars.png."""
+    share_pretraining: bool = True
+    """When both ``glocalk`` and ``glocalk-pretrain`` run, take the latter from the former's pre-training
+    epochs (the same computation; see ``run_glocalk``); its wall time is the sum of those epochs'."""
+    from_train: str | Path | None = None
+    """The output folder of a ``glocalk train --val-frac VAL_FRAC --seed ...`` run with the same data and
+    hyperparameters: the ``glocalk`` run of each seed it holds is continued from its training state
+    (``seed-N/state``, copied, never modified), so a finished one costs only its evaluation. ``glocalk
+    train --val-frac F --seed N`` holds out the very split that this benchmark's seed N does; the runner
+    refuses a state whose configuration or training data differ."""
+    train: bool = True
+    """False: train nothing; tabulate and plot the finished runs of ``out_dir``'s results.json (implies
+    ``resume``); (model, seed) pairs without a finished run are left out."""
+    on_epoch: Callable[[str, int, dict], None] | None = None
+    """Called with (model, seed, epoch record) after every GLocal-K epoch."""
+    on_run: Callable[[dict], None] | None = None
+    """Called with each finished run record."""
+    command: list[str] | None = None
+    """The command line to record (default ``sys.argv``)."""
+
+
+def run_benchmark(data: RatingMatrix, config: BenchmarkConfig | None = None, **config_values) -> dict:
     """Train every model on every seed's shared split; write results.json, table.md and the plots.
 
-    Args:
-        data: train / test ratings (``data.val`` is replaced by each seed's validation split).
-        models: names from ``MODELS``.
-        seeds: one split and one training run per model per seed.
-        val_frac: fraction of the training ratings held out for selection.
-        out_dir: output folder.
-        params_overrides: GLocal-K hyperparameters over the dataset's preset (``patience``,
-            ``threads``, ``optimizer``, ``path`` are accepted too).
-        dataset: preset / paper-results key (default: ``data.name``).
-        ensemble: also evaluate the mean of the seeds' test predictions for each stochastic model.
-        baseline_options: per-baseline constructor options, e.g. ``{"biased-mf": {"factors": 32}}``.
-        device: torch device for the GLocal-K family and biased MF.
-        quick: a smoke run (``QUICK_PARAMS``, ``QUICK_BASELINE_OPTIONS``).
-        resume: reuse the finished (model, seed) runs of a previous results.json in ``out_dir``
-            (TrainingError if it was made with other data or another configuration).
-        plots: write curves.png and bars.png.
-        share_pretraining: when both ``glocalk`` and ``glocalk-pretrain`` run, take the latter from
-            the former's pre-training epochs (the same computation; see ``run_glocalk``) instead
-            of training it again. Its wall time is then the sum of those epochs' times.
-        from_train: the output folder of a ``glocalk train --val-frac VAL_FRAC --seed ...`` run with
-            the same data and hyperparameters: the ``glocalk`` run of each seed it holds is continued
-            from its training state (``seed-N/state``, copied, never modified) instead of being
-            trained again, so a finished one costs only its evaluation. ``glocalk train --val-frac
-            F --seed N`` holds out the very split that this benchmark's seed N does; the trainer
-            refuses a state whose configuration or training data differ.
-        train: False: train nothing; tabulate and plot the finished runs of ``out_dir``'s
-            results.json (implies ``resume``); (model, seed) pairs without a finished run are left
-            out, and the table says which seeds each row averages.
-        on_epoch: called with (model, seed, epoch record) after every GLocal-K epoch.
-        on_run: called with each finished run record.
-        command: the command line to record.
-
-    Returns the content of results.json.
+    ``data``: train / test ratings (``data.val`` is replaced by each seed's validation split).
+    ``config`` (or its fields as keywords): see ``BenchmarkConfig``. Returns the content of results.json.
     """
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise KeyError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-    if data.test is None or not data.test.nnz:
-        raise ValueError("the benchmark needs a test split")
-    if not seeds:
-        raise ValueError("the benchmark needs at least one seed")
-    models, seeds = list(dict.fromkeys(models)), list(dict.fromkeys(seeds))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = _dataset_key(data, dataset)
-    params = benchmark_params(key, params_overrides, quick)
-    split_config(params)  # fail on unknown hyperparameters before any training
-    options = {name: dict(QUICK_BASELINE_OPTIONS.get(name, {})) if quick else {} for name in BASELINES}
-    for name, opts in (baseline_options or {}).items():
-        if name not in BASELINES:
-            raise KeyError(f"options for unknown baseline {name!r}")
-        options[name].update(opts)
-    config = {"dataset": key or data.name, "fingerprint": data.fingerprint(), "val_frac": val_frac,
-              "params": params, "variants": GLOCALK_VARIANTS, "baseline_options": _jsonable(options),
-              "quick": quick, "device": device}
-    header = {
-        **config, "models": models, "seeds": seeds, "ensemble": ensemble,
-        "data": {"name": data.name, "n_users": data.n_users, "n_items": data.n_items,
-                 "n_train": int(data.train.nnz), "n_test": int(data.test.nnz),
-                 "rating_scale": list(data.rating_scale)},
-        "paper": PAPER_RESULTS.get(key or ""), "versions": versions(),
-        "device_description": device_description(device, params.get("threads")),
-        "command": command if command is not None else sys.argv,
-    }
-    previous = _previous_runs(out_dir, config) if resume or not train else {}
-    if not train and not previous:
-        raise FileNotFoundError(f"nothing to tabulate: no finished runs in {out_dir / 'results.json'}")
-    kept = [r for (m, s), r in previous.items() if m not in models or s not in seeds]
-    if from_train is not None and not Path(from_train).is_dir():
-        raise FileNotFoundError(f"--from-train: no such folder {from_train}")
-    runs: list[dict] = []
-    preds: dict[tuple[str, int], np.ndarray] = {}
-    splits_info = []
-    t0 = time.perf_counter()
-
-    def write(complete: bool) -> dict:
-        # Tabulating only: the total is that of the runs tabulated, not of this invocation.
-        wall = time.perf_counter() - t0 if train else sum(r["wall_time_s"] for r in runs)
-        results = {**header, "complete": complete, "wall_time_s": wall,
-                   "splits": splits_info, "summary": aggregate_runs(runs, models)}
-        if ensemble:
-            results["ensembles"] = {}
-            for model in models:
-                member_seeds = [s for s in seeds if preds.get((model, s)) is not None]
-                if _is_stochastic(model) and len(member_seeds) > 1:
-                    results["ensembles"][model] = {
-                        **ensemble_metrics(data, [preds[(model, s)] for s in member_seeds]), "seeds": member_seeds}
-        # Finished runs of other models or seeds in the folder stay in results.json (an invocation on
-        # a subset never drops them); the table and plots use only this invocation's models and seeds.
-        results["runs"] = runs + kept
-        write_json_atomic(out_dir / "results.json", _jsonable(results))
-        return results
-
-    share = share_pretraining and "glocalk" in models and "glocalk-pretrain" in models
-    order = list(models)
-    if share:  # glocalk-pretrain comes out of the glocalk run: train that first
-        order.remove("glocalk-pretrain")
-        order.insert(order.index("glocalk") + 1, "glocalk-pretrain")
-    for seed in seeds:
-        split = benchmark_split(data, val_frac, seed)
-        splits_info.append({"seed": seed, "n_train": int(split.train.nnz), "n_val": int(split.val.nnz),
-                            "train_fingerprint": split.fingerprint()})
-        derived: dict = {}
-        for model in order:
-            pred_path = out_dir / "predictions" / f"{model}-seed-{seed}.npy"
-            log_path = out_dir / "runs" / model / f"seed-{seed}.jsonl"
-            done = previous.get((model, seed))
-            if done is not None and (pred_path.exists() or done.get("predictions") is False):
-                run = done
-                p = np.load(pred_path) if pred_path.exists() else None
-            elif not train:
-                continue
-            else:
-                if model in derived:
-                    run, p = derived.pop(model)
-                elif model in GLOCALK_VARIANTS:
-                    cb = None if on_epoch is None else (lambda rec, m=model, s=seed: on_epoch(m, s, rec))
-                    pretrain_out = {} if share and model == "glocalk" and (
-                        ("glocalk-pretrain", seed) not in previous) else None
-                    state_dir = out_dir / "state" / f"{model}-seed-{seed}"
-                    imported = _import_train_state(from_train, model, seed, state_dir)
-                    run, p = run_glocalk(model, split, params, seed, device, log_path, cb, pretrain_out,
-                                         checkpoint_dir=state_dir, resume=resume or imported)
-                    if imported:
-                        run["info"]["continued_from"] = str(Path(from_train) / f"seed-{seed}" / "state")
-                    _remove_state(state_dir)  # finished: results and predictions are kept
-                    if pretrain_out:
-                        derived["glocalk-pretrain"] = (pretrain_out["run"], pretrain_out["preds"])
-                else:
-                    run, p = run_baseline(model, split, seed, device, options[model])
-                if model not in GLOCALK_VARIANTS or run["info"].get("shared_with"):
-                    log_path.parent.mkdir(parents=True, exist_ok=True)
-                    log_path.write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in run["history"]))
-                run["predictions"] = p is not None
-                if p is not None:
-                    pred_path.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(pred_path, p)
-            runs.append(run)
-            runs.sort(key=lambda r: (seeds.index(r["seed"]), models.index(r["model"])))
-            preds[(model, seed)] = p
-            write(complete=False)  # after every run, so an interrupted benchmark keeps what it finished
-            if on_run is not None:
-                on_run(run)
-    results = write(complete=True)
+    bench = _Benchmark(data, options_or_fields(config, BenchmarkConfig, config_values))
+    for seed in bench.seeds:
+        bench.run_seed(seed)
+    results = bench.write(complete=True)
+    out_dir = bench.out_dir
     (out_dir / "table.md").write_text(markdown_table(results))
-    if plots:
+    if bench.config.plots:
         plot_curves(results, out_dir / "curves.png")
         plot_bars(results, out_dir / "bars.png")
     return results
+
+
+class _Benchmark:
+    """One benchmark invocation: its validated configuration, finished runs and outputs."""
+
+    def __init__(self, data: RatingMatrix, config: BenchmarkConfig) -> None:
+        c = self.config = config
+        unknown = [m for m in c.models if m not in MODELS]
+        if unknown:
+            raise KeyError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        if data.test is None or not data.test.nnz:
+            raise ValueError("the benchmark needs a test split")
+        if not c.seeds:
+            raise ValueError("the benchmark needs at least one seed")
+        if c.from_train is not None and not Path(c.from_train).is_dir():
+            raise FileNotFoundError(f"--from-train: no such folder {c.from_train}")
+        self.data = data
+        self.models, self.seeds = list(dict.fromkeys(c.models)), list(dict.fromkeys(c.seeds))
+        key = _dataset_key(data, c.dataset)
+        self.params = benchmark_params(key, c.params_overrides, c.quick)
+        split_config(self.params)[1].validate()  # fail on unknown or invalid hyperparameters before any training
+        self.options = _baseline_options(c)
+        self.out_dir = Path(c.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        identity = {"dataset": key or data.name, "fingerprint": data.fingerprint(), "val_frac": c.val_frac,
+                    "params": self.params, "variants": GLOCALK_VARIANTS, "baseline_options": _jsonable(self.options),
+                    "quick": c.quick, "device": c.device}
+        self.header = {**identity, **_header_extra(data, key, self.params, self.models, self.seeds, c)}
+        self.previous = _previous_runs(self.out_dir, identity) if c.resume or not c.train else {}
+        if not c.train and not self.previous:
+            raise FileNotFoundError(f"nothing to tabulate: no finished runs in {self.out_dir / 'results.json'}")
+        self.kept = [r for (m, s), r in self.previous.items() if m not in self.models or s not in self.seeds]
+        self.runs: list[dict] = []
+        self.preds: dict[tuple[str, int], np.ndarray | None] = {}
+        self.splits_info: list[dict] = []
+        self.share = c.share_pretraining and "glocalk" in self.models and "glocalk-pretrain" in self.models
+        self.order = list(self.models)
+        if self.share:  # glocalk-pretrain comes out of the glocalk run: train that first
+            self.order.remove("glocalk-pretrain")
+            self.order.insert(self.order.index("glocalk") + 1, "glocalk-pretrain")
+        self.t0 = time.perf_counter()
+
+    def run_seed(self, seed: int) -> None:
+        """Every model on this seed's split; results.json is rewritten after each run."""
+        split = benchmark_split(self.data, self.config.val_frac, seed)
+        self.splits_info.append({"seed": seed, "n_train": int(split.train.nnz), "n_val": int(split.val.nnz),
+                                 "train_fingerprint": split.fingerprint()})
+        derived: dict[str, tuple[dict, np.ndarray | None]] = {}
+        for model in self.order:
+            done = self._finished(model, seed)
+            if done is None and not self.config.train:
+                continue
+            run, p = done if done is not None else self._train(model, seed, split, derived)
+            self.runs.append(run)
+            self.runs.sort(key=lambda r: (self.seeds.index(r["seed"]), self.models.index(r["model"])))
+            self.preds[(model, seed)] = p
+            self.write(complete=False)  # after every run, so an interrupted benchmark keeps what it finished
+            if self.config.on_run is not None:
+                self.config.on_run(run)
+
+    def _finished(self, model: str, seed: int) -> tuple[dict, np.ndarray | None] | None:
+        done = self.previous.get((model, seed))
+        pred_path = self._pred_path(model, seed)
+        if done is None or not (pred_path.exists() or done.get("predictions") is False):
+            return None
+        return done, np.load(pred_path) if pred_path.exists() else None
+
+    def _pred_path(self, model: str, seed: int) -> Path:
+        return self.out_dir / "predictions" / f"{model}-seed-{seed}.npy"
+
+    def _train(self, model: str, seed: int, split: RatingMatrix,
+               derived: dict[str, tuple[dict, np.ndarray | None]]) -> tuple[dict, np.ndarray | None]:
+        log_path = self.out_dir / "runs" / model / f"seed-{seed}.jsonl"
+        if model in derived:
+            run, p = derived.pop(model)
+        elif model in GLOCALK_VARIANTS:
+            run, p = self._train_glocalk(model, seed, split, log_path, derived)
+        else:
+            run, p = run_baseline(model, split, seed, self.config.device, self.options[model])
+        if model not in GLOCALK_VARIANTS or run["info"].get("shared_with"):
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in run["history"]))
+        run["predictions"] = p is not None
+        if p is not None:
+            self._pred_path(model, seed).parent.mkdir(parents=True, exist_ok=True)
+            np.save(self._pred_path(model, seed), p)
+        return run, p
+
+    def _train_glocalk(self, model: str, seed: int, split: RatingMatrix, log_path: Path,
+                       derived: dict[str, tuple[dict, np.ndarray | None]]) -> tuple[dict, np.ndarray | None]:
+        c = self.config
+        on_epoch = None if c.on_epoch is None else (lambda rec: c.on_epoch(model, seed, rec))
+        state_dir = self.out_dir / "state" / f"{model}-seed-{seed}"
+        imported = _import_train_state(c.from_train, model, seed, state_dir)
+        share = self.share and model == "glocalk" and ("glocalk-pretrain", seed) not in self.previous
+        options = RunOptions(state_dir=state_dir, log_path=log_path, resume=c.resume or imported,
+                             on_epoch=on_epoch, select_pretraining=share)
+        run, p, pretrain = run_glocalk(model, split, self.params, seed, options, c.device)
+        if imported:
+            run["info"]["continued_from"] = str(Path(c.from_train) / f"seed-{seed}" / "state")
+        _remove_state(state_dir)  # finished: results and predictions are kept
+        if pretrain is not None:
+            derived["glocalk-pretrain"] = pretrain
+        return run, p
+
+    def write(self, complete: bool) -> dict:
+        """Write results.json (this invocation's runs plus the kept ones of other models or seeds)."""
+        c = self.config
+        # Tabulating only: the total is that of the runs tabulated, not of this invocation.
+        wall = time.perf_counter() - self.t0 if c.train else sum(r["wall_time_s"] for r in self.runs)
+        results = {**self.header, "complete": complete, "wall_time_s": wall,
+                   "splits": self.splits_info, "summary": aggregate_runs(self.runs, self.models)}
+        if c.ensemble:
+            results["ensembles"] = {}
+            for model in self.models:
+                member_seeds = [s for s in self.seeds if self.preds.get((model, s)) is not None]
+                if _is_stochastic(model) and len(member_seeds) > 1:
+                    results["ensembles"][model] = {
+                        **ensemble_metrics(self.data, [self.preds[(model, s)] for s in member_seeds]),
+                        "seeds": member_seeds}
+        # Finished runs of other models or seeds in the folder stay in results.json (an invocation on
+        # a subset never drops them); the table and plots use only this invocation's models and seeds.
+        results["runs"] = self.runs + self.kept
+        write_json_atomic(self.out_dir / "results.json", _jsonable(results))
+        return results
+
+
+def _baseline_options(c: BenchmarkConfig) -> dict[str, dict]:
+    options = {name: dict(QUICK_BASELINE_OPTIONS.get(name, {})) if c.quick else {} for name in BASELINES}
+    for name, opts in (c.baseline_options or {}).items():
+        if name not in BASELINES:
+            raise KeyError(f"options for unknown baseline {name!r}")
+        options[name].update(opts)
+    return options
+
+
+def _header_extra(data: RatingMatrix, key: str | None, params: dict, models: list[str], seeds: list[int],
+                  c: BenchmarkConfig) -> dict:
+    return {"models": models, "seeds": seeds, "ensemble": c.ensemble,
+            "data": {"name": data.name, "n_users": data.n_users, "n_items": data.n_items,
+                     "n_train": int(data.train.nnz), "n_test": int(data.test.nnz),
+                     "rating_scale": list(data.rating_scale)},
+            "paper": PAPER_RESULTS.get(key or ""), "versions": versions(),
+            "device_description": device_description(c.device, params.get("threads")),
+            "command": c.command if c.command is not None else sys.argv}
 
 
 def _import_train_state(from_train: str | Path | None, model: str, seed: int, state_dir: Path) -> bool:
@@ -373,7 +403,7 @@ def _import_train_state(from_train: str | Path | None, model: str, seed: int, st
     if from_train is None or model != "glocalk" or state_dir.exists():
         return False
     source = Path(from_train) / f"seed-{seed}" / "state"
-    if not source.is_dir() or not any(d.is_dir() for d in (source / "last", source / ".last.old")):
+    if saved_state(source) is None:
         return False
     shutil.copytree(source, state_dir)
     return True
@@ -419,9 +449,9 @@ def _pm(entry: dict, key: str, digits: int = 4) -> str:
     mean, std = entry["mean"][key], entry["std"][key]
     if not np.isfinite(mean):
         return "–"
-    if entry["n_seeds"] == 1:
-        return f"{mean:.0f}" if key == "epoch" else f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if entry["n_seeds"] == 1 and key == "epoch":
+        return f"{mean:.0f}"
+    return mean_std(mean, std if entry["n_seeds"] > 1 else None, digits)
 
 
 def markdown_table(results: dict) -> str:
@@ -453,7 +483,7 @@ def markdown_table(results: dict) -> str:
                      f"{', '.join(str(s) for s in ens.get('seeds', []))} |")
     paper = results.get("paper")
     if paper:
-        lines.append(f"| *GLocal-K as published (Han et al. 2021, Table 2; best test epoch)* | {paper['rmse']:.4f} | "
+        lines.append(f"| *{PAPER_CAPTION}* | {paper['rmse']:.4f} | "
                      f"{paper['mae']:.4f} | {paper['ndcg']:.4f} | {paper['rmse']:.4f} | – | – | – |")
     lines += ["", "† The paper's protocol: the best test RMSE over the fine-tuning epochs (over the pre-training "
               "epochs for models without fine-tuning), GLocal-K family only. It chooses the epoch on the test set, "

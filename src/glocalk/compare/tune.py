@@ -47,14 +47,14 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import TrainingError
 from glocalk.presets import PRESETS, split_config
+from glocalk.protocol import RunOptions, evaluate_state, options_or_fields, train_run
 from glocalk.store import versions, write_json_atomic
-from glocalk.train import Trainer
 
 # name -> (kind, arguments): "log" (low, high), "float" (low, high), "int" (low, high), "categorical" (choices)
 SEARCH_SPACE: dict[str, tuple] = {
@@ -127,92 +127,93 @@ def _write_trials(study, out_dir: Path, space: dict[str, tuple]) -> list[dict]:
     return records
 
 
-def tune(data: RatingMatrix, n_trials: int, out_dir: str | Path, *, dataset: str | None = None,
-         val_frac: float = 0.05, seed: int = 0, timeout: float | None = None,
-         patience: int | None = DEFAULT_PATIENCE, fixed: dict | None = None, space: dict[str, tuple] | None = None,
-         prune: bool = True, device: str = "cpu", evaluate_test: bool = True, preset_first: bool = True,
-         on_trial: Callable[[dict], None] | None = None, command: list[str] | None = None) -> dict:
-    """Search GLocal-K's hyperparameters on a validation split; write trials and best params; return best.json.
+@dataclass
+class TuneConfig:
+    """What ``tune`` searches, how, and where its outputs go."""
 
-    Args:
-        data: train (and test) ratings; the test split is removed for the search.
-        n_trials: number of trials (the search also ends at ``timeout`` seconds, if given).
-        out_dir: output folder.
-        dataset: preset key (default ``data.name``); unknown names use the model's defaults.
-        val_frac, seed: the validation split (also the sampler's and the models' seed).
-        patience: early stopping on the validation RMSE during fine-tuning (None: full budget).
-        fixed: hyperparameters held fixed (over the preset); they leave the search space.
-        space: the search space (default ``SEARCH_SPACE``).
-        prune: stop unpromising trials early (median pruner on the per-epoch validation RMSE).
-        device: torch device.
-        evaluate_test: evaluate the best trial's selected model on the test split, once.
-        preset_first: make trial 0 the preset's own values of the searched hyperparameters (those
-            inside the space), so the search starts from the paper's configuration and its best
-            trial is never worse on validation than the paper's settings.
-        on_trial: called with each finished trial's record.
-        command: the command line to record.
-    """
-    import optuna
+    n_trials: int
+    """Number of trials (the search also ends at ``timeout`` seconds, if given)."""
+    out_dir: str | Path
+    dataset: str | None = None
+    """Preset key (default ``data.name``); unknown names use the model's defaults."""
+    val_frac: float = 0.05
+    seed: int = 0
+    """Seed of the validation split, the sampler and the models."""
+    timeout: float | None = None
+    patience: int | None = DEFAULT_PATIENCE
+    """Early stopping on the validation RMSE during fine-tuning (None: full budget)."""
+    fixed: dict | None = None
+    """Hyperparameters held fixed (over the preset); they leave the search space."""
+    space: dict[str, tuple] | None = None
+    """The search space (default ``SEARCH_SPACE``)."""
+    prune: bool = True
+    """Stop unpromising trials early (median pruner on the per-epoch validation RMSE)."""
+    device: str = "cpu"
+    evaluate_test: bool = True
+    """Evaluate the best trial's selected model on the test split, once."""
+    preset_first: bool = True
+    """Make trial 0 the preset's own values of the searched hyperparameters (those inside the space), so
+    the search starts from the paper's configuration and its best trial is never worse on validation."""
+    on_trial: Callable[[dict], None] | None = None
+    """Called with each finished trial's record."""
+    command: list[str] | None = None
+    """The command line to record (default ``sys.argv``)."""
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = (dataset or data.name or "").lower()
-    fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
-    base = {**PRESETS.get(key, {}), **fixed, "patience": patience, "device": device}
-    space = {k: v for k, v in (space or SEARCH_SPACE).items() if k not in fixed}
-    # Unknown names and invalid ranges fail before any training (each dimension at its first value).
-    split_config({**base, **{k: a[0][0] if kind == "categorical" else a[0] for k, (kind, *a) in space.items()}})
-    split = data.with_validation(val_frac, seed=seed)
-    search_data = replace(split, test=None)  # the search never sees the test set
-    kept: dict = {}  # the best trial so far: its validation-selected weights
 
-    def objective(trial) -> float:
-        params = {**base, **suggest(trial, space), "seed": seed}
-        model_config, train_config = split_config(params)
-        trainer = Trainer(search_data, model_config, train_config)
+@dataclass
+class _Search:
+    """The fixed parts of one search: hyperparameters, space, split and the best trial's model so far."""
+
+    config: TuneConfig
+    key: str
+    base: dict
+    space: dict[str, tuple]
+    split: RatingMatrix
+    kept: dict = field(default_factory=dict)
+
+    def objective(self, trial) -> float:
+        """Train one trial on the split without its test set; its lowest fine-tuning validation RMSE."""
+        import optuna
+
+        c = self.config
+        model_config, train_config = split_config({**self.base, **suggest(trial, self.space), "seed": c.seed})
 
         def on_epoch(rec: dict) -> None:
             trial.report(rec["val_rmse"], rec["epoch"])
-            if prune and trial.should_prune():
+            if c.prune and trial.should_prune():
                 raise optuna.TrialPruned()
 
-        result = trainer.run(on_epoch=on_epoch)
-        value = float(result.val_selected["val_rmse"])
-        trial.set_user_attr("selected_epoch", result.val_selected["epoch"])
-        trial.set_user_attr("epochs_run", len(result.history))
-        if kept.get("value", math.inf) > value:
+        search_data = replace(self.split, test=None)  # the search never sees the test set
+        record = train_run(search_data, model_config, train_config, RunOptions(on_epoch=on_epoch))
+        value = float(record.val_selected["val_rmse"])
+        trial.set_user_attr("selected_epoch", record.val_selected["epoch"])
+        trial.set_user_attr("epochs_run", len(record.history))
+        if self.kept.get("value", math.inf) > value:
             # The chosen trial's own selected weights are what gets tested at the end (retraining
             # is not bit-reproducible on the multi-threaded sparse path).
-            kept.update(value=value, number=trial.number, state=result.selected_state,
-                        stage=result.selected_stage, epoch=result.val_selected["epoch"])
+            self.kept.update(value=value, number=trial.number, model=record.model)
         return value
 
-    epoch_p = base.get("epoch_p", 30)
-    # TPE models the good and bad trials only after n_startup_trials random ones (Optuna's default 10);
-    # a short search of ~10-20 trials would otherwise be almost pure random search.
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10, n_trials // 3)))
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epoch_p) if prune
-              else optuna.pruners.NopPruner())
 
-    def callback(study, trial) -> None:
-        _write_trials(study, out_dir, space)  # after every trial, so an interrupted search keeps its trials
-        if on_trial is not None:
-            on_trial(_trial_record(trial))
+def tune(data: RatingMatrix, config: TuneConfig | None = None, **config_values) -> dict:
+    """Search GLocal-K's hyperparameters on a validation split; write trials and best params; return best.json.
 
+    ``data``: train (and test) ratings; the test split is removed for the search. ``config`` (or its
+    fields as keywords): see ``TuneConfig``.
+    """
+    c = options_or_fields(config, TuneConfig, config_values)
+    out_dir = Path(c.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = (c.dataset or data.name or "").lower()
+    fixed = {k: v for k, v in (c.fixed or {}).items() if v is not None}
+    base = {**PRESETS.get(key, {}), **fixed, "patience": c.patience, "device": c.device}
+    space = {k: v for k, v in (c.space or SEARCH_SPACE).items() if k not in fixed}
+    # Unknown names and invalid ranges fail before any training (each dimension at its first value).
+    split_config({**base, **{k: a[0][0] if kind == "categorical" else a[0] for k, (kind, *a) in space.items()}})
+    search = _Search(c, key, base, space, data.with_validation(c.val_frac, seed=c.seed))
     t0 = time.perf_counter()
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no INFO line per trial: on_trial reports them
-    try:
-        study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
-        start = preset_point(PRESETS.get(key, {}), space) if preset_first else {}
-        if start:
-            study.enqueue_trial(start)
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(TrainingError,),
-                       callbacks=[callback])
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    _write_trials(study, out_dir, space)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    study = _optimize(search, out_dir)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise TrainingError("no trial completed (all failed or were pruned); see trials.json")
     best_trial = min(complete, key=lambda t: t.value)
@@ -220,27 +221,58 @@ def tune(data: RatingMatrix, n_trials: int, out_dir: str | Path, *, dataset: str
     report = {
         "dataset": key or data.name, "n_trials": len(study.trials), "n_complete": len(complete),
         "search_space": describe_space(space), "fixed": {k: v for k, v in base.items() if k not in ("device",)},
-        "val_frac": val_frac, "seed": seed, "patience": patience, "prune": prune,
+        "val_frac": c.val_frac, "seed": c.seed, "patience": c.patience, "prune": c.prune,
         "best_trial": best_trial.number, "best_val_rmse": best_trial.value,
         "best_params": dict(best_trial.params), "params": best_params,
         "search_seconds": time.perf_counter() - t0, "test": None,
-        "versions": versions(), "command": command if command is not None else sys.argv,
+        "versions": versions(), "command": c.command if c.command is not None else sys.argv,
         "trials_file": "trials.json",
     }
-    if evaluate_test and split.test is not None and split.test.nnz:
-        report["test"] = _test_once(split, best_params, seed, kept)
+    if c.evaluate_test and search.split.test is not None and search.split.test.nnz:
+        report["test"] = _test_once(search.split, best_params, c.seed, search.kept)
         report["test_note"] = ("test metrics of the chosen trial's own validation-selected model, computed once, "
                                "after the search")
     write_json_atomic(out_dir / "best.json", report)
     return report
 
 
+def _optimize(search: _Search, out_dir: Path):
+    """Run the Optuna study (seeded TPE, median pruner); trials.json is rewritten after every trial."""
+    import optuna
+
+    c = search.config
+    epoch_p = search.base.get("epoch_p", 30)
+    # TPE models the good and bad trials only after n_startup_trials random ones (Optuna's default 10);
+    # a short search of ~10-20 trials would otherwise be almost pure random search.
+    sampler = optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=max(1, min(10, c.n_trials // 3)))
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epoch_p) if c.prune
+              else optuna.pruners.NopPruner())
+
+    def callback(study, trial) -> None:
+        _write_trials(study, out_dir, search.space)  # after every trial, so an interrupted search keeps its trials
+        if c.on_trial is not None:
+            c.on_trial(_trial_record(trial))
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no INFO line per trial: on_trial reports them
+    try:
+        study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+        start = preset_point(PRESETS.get(search.key, {}), search.space) if c.preset_first else {}
+        if start:
+            study.enqueue_trial(start)
+        study.optimize(search.objective, n_trials=c.n_trials, timeout=c.timeout, catch=(TrainingError,),
+                       callbacks=[callback])
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    _write_trials(study, out_dir, search.space)
+    return study
+
+
 def _test_once(split: RatingMatrix, params: dict, seed: int, kept: dict) -> dict:
     """Test metrics of the best trial's validation-selected weights (no retraining)."""
     model_config, train_config = split_config({**params, "seed": seed})
-    trainer = Trainer(split, model_config, train_config)
-    trainer.model.load_state_dict(kept["state"])
-    metrics = trainer.evaluate(kept["stage"])
-    return {"trial": kept["number"], "epoch": kept["epoch"], "stage": kept["stage"],
+    handed = kept["model"]
+    metrics = evaluate_state(split, model_config, train_config, handed)
+    return {"trial": kept["number"], "epoch": handed.epoch, "stage": handed.stage,
             "val_rmse": metrics["val_rmse"], "rmse": metrics["test_rmse"], "mae": metrics["test_mae"],
             "ndcg": metrics["test_ndcg"]}

@@ -191,7 +191,7 @@ def to_rating_matrix(train: Ratings, test: Ratings | None = None, val: Ratings |
     lo, hi = train.rating_scale
     if not lo < hi:
         raise DataError(f"{train.source}: every training rating is {lo:g}, so the rating scale is unknown; pass "
-                        f"{option('rating_scale', '(MIN MAX)')} to read_ratings")
+                        "--rating-scale MIN MAX (Python: read_ratings(..., rating_scale=(min, max)))")
     ids = IdMap.from_ratings(train)
     off = float(train.offset)
     m_train, _ = _build(train, ids, off, "error", "training")

@@ -66,7 +66,6 @@ __all__ = [  # the reading functions, and the names of the reading API re-export
 _OPENERS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
-
 def _options(options: ReaderOptions | None, kwargs: dict[str, Any]) -> ReaderOptions:
     """``options`` with keyword overrides; unknown keywords are a TypeError, as for a plain call."""
     try:
@@ -177,7 +176,7 @@ def _check_scale(scale: Iterable[float]) -> tuple[float, float]:
     vals = tuple(float(v) for v in scale)
     if len(vals) != 2 or not np.all(np.isfinite(vals)) or not vals[0] < vals[1]:
         raise DataError(f"rating_scale must be (min, max) with finite min < max, got {tuple(scale)} "
-                        f"({option('rating_scale')})")
+                        "(--rating-scale MIN MAX)")
     return vals  # type: ignore[return-value]
 
 

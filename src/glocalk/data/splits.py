@@ -20,7 +20,9 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from glocalk.data.readers import COLUMN_ALIASES, IdMap, Ratings
+from glocalk.data.ids import IdMap
+from glocalk.data.options import COLUMN_ALIASES
+from glocalk.data.ratings import Ratings
 from glocalk.data.sampling import random_mask
 from glocalk.errors import DataError
 

@@ -36,7 +36,8 @@ work is O(n_ratings log n_ratings), never O(n_items * n_users). 10M ratings at M
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,8 @@ import scipy.sparse as sp
 
 from glocalk.data.matrix import RatingMatrix
 
-__all__ = ["EXACT_MAX_CELLS", "BiasSignal", "bias_ratings", "example_ratings", "make_ratings", "sample_cells",
-           "true_scores"]
+__all__ = ["EXACT_MAX_CELLS", "BiasSignal", "SyntheticSpec", "bias_ratings", "example_ratings", "make_ratings",
+           "sample_cells", "true_scores"]
 
 EXACT_MAX_CELLS = 2**24  # up to this many cells the exact Gumbel top-k sampler is used (~200 MB)
 _CHUNK = 1 << 20  # entries per chunk when computing scores (bounds the temporaries)
@@ -121,85 +122,113 @@ def _scores(v: np.ndarray, u: np.ndarray, items: np.ndarray, users: np.ndarray) 
     return out
 
 
-def make_ratings(n_users: int, n_items: int, n_ratings: int, rank: int = 10, noise: float = 0.5,
-                 rating_scale: tuple[float, float] = (1.0, 5.0), step: float = 1.0,
-                 zipf_items: float = 0.7, zipf_users: float = 0.6, test_frac: float = 0.1,
-                 seed: int = 0, name: str | None = None) -> RatingMatrix:
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What :func:`make_ratings` draws, beyond the sizes.
+
+    Attributes:
+        rank: rank of the signal u . v (u, v with i.i.d. normal entries, unit-variance products).
+        noise: standard deviation of the Gaussian noise added to the unit-variance signal.
+        rating_scale: (lo, hi), lo > 0 (0 means "not rated"); ratings are clipped to it.
+        step: rating granularity; (hi - lo) must be a multiple of it.
+        zipf_items: power-law exponent of item popularity (0: uniform).
+        zipf_users: power-law exponent of user activity (0: uniform).
+        test_frac: fraction of the ratings in the test split (exactly round(test_frac * n_ratings)).
+    """
+
+    rank: int = 10
+    noise: float = 0.5
+    rating_scale: tuple[float, float] = (1.0, 5.0)
+    step: float = 1.0
+    zipf_items: float = 0.7
+    zipf_users: float = 0.6
+    test_frac: float = 0.1
+
+    def check(self, n_users: int, n_items: int, n_ratings: int) -> int:
+        """Raise ValueError for an impossible request; return the number of test ratings."""
+        lo, hi = float(self.rating_scale[0]), float(self.rating_scale[1])
+        if n_users < 1 or n_items < 1:
+            raise ValueError(f"need at least one user and one item, got {n_users} x {n_items}")
+        if not 0 < lo < hi:
+            raise ValueError(f"rating_scale must be (lo, hi) with 0 < lo < hi (0 means unrated), got "
+                             f"{self.rating_scale}")
+        n_steps = (hi - lo) / self.step if self.step > 0 else math.nan
+        if not (self.step > 0 and abs(n_steps - round(n_steps)) < 1e-6):
+            raise ValueError(f"step must be > 0 and divide the scale's width {hi - lo:g}, got {self.step}")
+        if self.rank < 1 or self.noise < 0:
+            raise ValueError(f"need rank >= 1 and noise >= 0, got rank={self.rank}, noise={self.noise}")
+        if self.zipf_items < 0 or self.zipf_users < 0:
+            raise ValueError("power-law exponents must be >= 0")
+        if not 0.0 <= self.test_frac < 1.0:
+            raise ValueError(f"test_frac must be in [0, 1), got {self.test_frac}")
+        n_test = int(round(self.test_frac * n_ratings))
+        if n_ratings - n_test < 1:
+            raise ValueError(f"{n_ratings} ratings with test_frac={self.test_frac} leave no training rating")
+        return n_test
+
+
+def make_ratings(n_users: int, n_items: int, n_ratings: int, spec: SyntheticSpec | None = None, *,
+                 seed: int = 0, name: str | None = None, **kwargs: Any) -> RatingMatrix:
     """A synthetic (n_items, n_users) ``RatingMatrix`` with ``n_ratings`` ratings (train + test).
 
     Args:
         n_users, n_items: the matrix shape is (n_items, n_users): rows are items.
         n_ratings: distinct observed cells, split into train and test.
-        rank: rank of the signal u . v (u, v with i.i.d. normal entries, unit-variance products).
-        noise: standard deviation of the Gaussian noise added to the unit-variance signal.
-        rating_scale: (lo, hi), lo > 0 (0 means "not rated"); ratings are clipped to it.
-        step: rating granularity; (hi - lo) must be a multiple of it.
-        zipf_items, zipf_users: power-law exponents of item popularity and user activity (0: uniform).
-        test_frac: fraction of the ratings in the test split (exactly round(test_frac * n_ratings)).
+        spec: what to draw (:class:`SyntheticSpec`); its fields may also be given as keywords
+            (``rank=``, ``noise=``, ``rating_scale=``, ``step=``, ``zipf_items=``, ``zipf_users=``,
+            ``test_frac=``), which override ``spec``.
         seed: everything is a deterministic function of the arguments.
         name: label of the matrix (default describes the size).
 
     ``meta`` holds the generator's arguments and the factors (``item_factors`` (n_items, rank),
     ``user_factors`` (n_users, rank)); ``true_scores`` evaluates the noiseless signal from them.
     """
-    lo, hi = float(rating_scale[0]), float(rating_scale[1])
-    if n_users < 1 or n_items < 1:
-        raise ValueError(f"need at least one user and one item, got {n_users} x {n_items}")
-    if not 0 < lo < hi:
-        raise ValueError(f"rating_scale must be (lo, hi) with 0 < lo < hi (0 means unrated), got {rating_scale}")
-    n_steps = (hi - lo) / step if step > 0 else math.nan
-    if not (step > 0 and abs(n_steps - round(n_steps)) < 1e-6):
-        raise ValueError(f"step must be > 0 and divide the scale's width {hi - lo:g}, got {step}")
-    if rank < 1 or noise < 0:
-        raise ValueError(f"need rank >= 1 and noise >= 0, got rank={rank}, noise={noise}")
-    if zipf_items < 0 or zipf_users < 0:
-        raise ValueError("power-law exponents must be >= 0")
-    if not 0.0 <= test_frac < 1.0:
-        raise ValueError(f"test_frac must be in [0, 1), got {test_frac}")
-    n_test = int(round(test_frac * n_ratings))
-    if n_ratings - n_test < 1:
-        raise ValueError(f"{n_ratings} ratings with test_frac={test_frac} leave no training rating")
-
+    spec = replace(spec or SyntheticSpec(), **kwargs)
+    n_test = spec.check(n_users, n_items, n_ratings)
+    lo, hi = float(spec.rating_scale[0]), float(spec.rating_scale[1])
     rng = np.random.default_rng(seed)
-    p_items = _power_weights(n_items, zipf_items, rng)
-    p_users = _power_weights(n_users, zipf_users, rng)
+    p_items = _power_weights(n_items, spec.zipf_items, rng)
+    p_users = _power_weights(n_users, spec.zipf_users, rng)
     keys = sample_cells(p_items, p_users, n_ratings, rng)  # (n_ratings,) item * n_users + user
     items, users = keys // n_users, keys % n_users
     del keys
 
     # Signal u . v with unit variance: entries N(0, rank^-1/2), so var(u . v) = rank * (rank^-1/2)^2 = 1.
-    std = rank ** -0.25
-    v = rng.normal(0.0, std, size=(n_items, rank)).astype(np.float32)
-    u = rng.normal(0.0, std, size=(n_users, rank)).astype(np.float32)
-    z = _scores(v, u, items, users)
-    z += (noise * rng.standard_normal(len(z), dtype=np.float32)).astype(np.float32)
+    std = spec.rank ** -0.25
+    v = rng.normal(0.0, std, size=(n_items, spec.rank)).astype(np.float32)
+    u = rng.normal(0.0, std, size=(n_users, spec.rank)).astype(np.float32)
+    ratings = _to_scale(_scores(v, u, items, users), spec, rng)
+
+    is_test = np.zeros(n_ratings, dtype=bool)
+    is_test[rng.permutation(n_ratings)[:n_test]] = True
+
+    def pick(mask: np.ndarray) -> sp.csr_matrix:
+        # Keys were sorted, so (items, users) is already CSR order: build the CSR arrays directly.
+        indptr = np.zeros(n_items + 1, dtype=np.int64)
+        np.cumsum(np.bincount(items[mask], minlength=n_items), out=indptr[1:])
+        return sp.csr_matrix((ratings[mask], users[mask], indptr), shape=(n_items, n_users))
+
+    params = {"n_users": n_users, "n_items": n_items, "n_ratings": n_ratings, "rank": spec.rank,
+              "noise": spec.noise, "rating_scale": [lo, hi], "step": spec.step, "zipf_items": spec.zipf_items,
+              "zipf_users": spec.zipf_users, "test_frac": spec.test_frac, "seed": seed}
+    return RatingMatrix(
+        train=pick(~is_test), test=pick(is_test) if n_test else None, rating_scale=(lo, hi),
+        name=name or f"synthetic-{n_items}x{n_users}-{n_ratings}",
+        meta={"dataset": "synthetic", "generator": params, "item_factors": v, "user_factors": u},
+    )
+
+
+def _to_scale(z: np.ndarray, spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
+    """Signal plus noise, standardised and mapped onto the rating scale's ``step`` grid (float32)."""
+    lo, hi = float(spec.rating_scale[0]), float(spec.rating_scale[1])
+    z += (spec.noise * rng.standard_normal(len(z), dtype=np.float32)).astype(np.float32)
     mean, sd = float(z.mean(dtype=np.float64)), float(z.std(dtype=np.float64)) or 1.0
     center, spread = lo + 0.625 * (hi - lo), (hi - lo) / 4.0
     z -= mean
     z *= spread / sd
     z += center - lo  # now rating - lo
     np.clip(z, 0.0, hi - lo, out=z)
-    ratings = (lo + np.round(z / step) * step).astype(np.float32)
-    del z
-
-    is_test = np.zeros(n_ratings, dtype=bool)
-    is_test[rng.permutation(n_ratings)[:n_test]] = True
-    shape = (n_items, n_users)
-
-    def pick(mask: np.ndarray) -> sp.csr_matrix:
-        # Keys were sorted, so (items, users) is already CSR order: build the CSR arrays directly.
-        indptr = np.zeros(n_items + 1, dtype=np.int64)
-        np.cumsum(np.bincount(items[mask], minlength=n_items), out=indptr[1:])
-        return sp.csr_matrix((ratings[mask], users[mask], indptr), shape=shape)
-
-    params = {"n_users": n_users, "n_items": n_items, "n_ratings": n_ratings, "rank": rank, "noise": noise,
-              "rating_scale": [lo, hi], "step": step, "zipf_items": zipf_items, "zipf_users": zipf_users,
-              "test_frac": test_frac, "seed": seed}
-    return RatingMatrix(
-        train=pick(~is_test), test=pick(is_test) if n_test else None, rating_scale=(lo, hi),
-        name=name or f"synthetic-{n_items}x{n_users}-{n_ratings}",
-        meta={"dataset": "synthetic", "generator": params, "item_factors": v, "user_factors": u},
-    )
+    return (lo + np.round(z / spec.step) * spec.step).astype(np.float32)
 
 
 def example_ratings(n_users: int = 60, n_items: int = 80, density: float = 0.25, test_frac: float = 0.2,
