@@ -43,7 +43,7 @@ MANY_PARAMETERS = {
 }
 # Imports inside functions of modules that are not optional dependencies (code_stats.OPTIONAL may be).
 INNER_IMPORTS = {
-    ("glocalk/cli/fit.py::_register_fit", "glocalk.cli.app"),  # was register (split per command family)
+    ("glocalk/cli/fit.py::_register_fit", "glocalk.cli.app"),
     ("glocalk/cli/fit.py::cmd_fit", "glocalk.cli.app"),
 }
 # Private names (_x) imported from another module: (importing file, module.name).
