@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from glocalk.cli import app as cli
 from glocalk.cli import fit as cli_fit
 from glocalk.cli.app import build_parser, main
 from glocalk.data import splits
@@ -184,7 +183,7 @@ def test_ensemble(files, capsys, tmp_path):
 def test_resume_after_interrupt_equals_uninterrupted(files, capsys, tmp_path, monkeypatch):
     args = ["fit", files["train"], "--val-frac", "0.1", *TINY, "--epoch-p", "3", "--epoch-f", "3"]
     assert run(capsys, *args, "--out", tmp_path / "ref")[0] == 0
-    real = cli._progress
+    real = cli_fit.progress
 
     def interrupting(*args):
         on_epoch, close = real(*args)
@@ -195,12 +194,12 @@ def test_resume_after_interrupt_equals_uninterrupted(files, capsys, tmp_path, mo
             on_epoch(seed, rec)
         return wrapped, close
 
-    monkeypatch.setattr(cli, "_progress", interrupting)
+    monkeypatch.setattr(cli_fit, "progress", interrupting)
     out = tmp_path / "m"
     code, _, err = run(capsys, *args, "--out", out)
     assert code == 130 and "--resume" in err
     assert not out.exists() and (cli_fit.partial_dir(out) / "fit" / "seed-1" / "last").is_dir()
-    monkeypatch.setattr(cli, "_progress", real)
+    monkeypatch.setattr(cli_fit, "progress", real)
     assert run(capsys, *args, "--out", out, "--resume")[0] == 0
     assert not cli_fit.partial_dir(out).exists()
     ref, resumed = GLocalKRecommender.load(tmp_path / "ref"), GLocalKRecommender.load(out)

@@ -42,16 +42,9 @@ MANY_PARAMETERS = {
     "glocalk/estimator.py::GLocalKRecommender.__init__": 12,
 }
 # Imports inside functions of modules that are not optional dependencies (code_stats.OPTIONAL may be).
-INNER_IMPORTS = {
-    ("glocalk/cli/fit.py::_register_fit", "glocalk.cli.app"),
-    ("glocalk/cli/fit.py::cmd_fit", "glocalk.cli.app"),
-}
+INNER_IMPORTS = set()
 # Private names (_x) imported from another module: (importing file, module.name).
-PRIVATE_IMPORTS = {
-    ("glocalk/cli/fit.py", "glocalk.cli.app._add_training_options"),
-    ("glocalk/cli/fit.py", "glocalk.cli.app._overrides"),
-    ("glocalk/cli/fit.py", "glocalk.cli.app._progress"),
-}
+PRIVATE_IMPORTS = set()
 # Global state that importing glocalk changes (none since sparse.py scopes its warnings filter).
 GLOBAL_STATE_CHANGES: set[str] = set()
 

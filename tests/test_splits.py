@@ -57,7 +57,7 @@ def test_random_holdout_sizes_partition_and_determinism():
 def test_holdout_fraction_validation():
     r = make(2, 2)
     for bad in (0.0, 1.0, -0.1):
-        with pytest.raises(DataError, match="test_frac must be in"):
+        with pytest.raises(DataError, match=r"test_frac \(--test-frac\) must be in"):
             random_holdout(r, test_frac=bad)
     with pytest.raises(DataError, match="leaves the test part empty"):
         random_holdout(r, test_frac=0.1)  # round(0.4) = 0 test ratings

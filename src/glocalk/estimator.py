@@ -252,13 +252,13 @@ class GLocalKRecommender:
     def _check_params(self) -> None:
         preset(self.preset)  # KeyError naming the known presets
         if self.unknown not in UNKNOWN_POLICIES:
-            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {self.unknown!r}")
+            raise ConfigError(f"unknown must be one of {UNKNOWN_POLICIES}, got {self.unknown!r}")
         if self.duplicates not in DUPLICATE_POLICIES:
-            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {self.duplicates!r}")
+            raise ConfigError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {self.duplicates!r}")
         if self.val_frac is not None and not 0.0 < self.val_frac < 1.0:
-            raise ValueError(f"val_frac must be in (0, 1), got {self.val_frac}")
+            raise ConfigError(f"val_frac (--val-frac) must be in (0, 1), got {self.val_frac}")
         if self.patience is not None and self.val_frac is None:
-            raise ValueError("patience needs a validation split (val_frac)")
+            raise ConfigError("patience needs a validation split (--val-frac / val_frac)")
         self.seeds()
 
     def seeds(self) -> list[int]:
@@ -266,15 +266,15 @@ class GLocalKRecommender:
         if isinstance(self.seed, (int, np.integer)):
             n = 1 if self.n_ensemble is None else int(self.n_ensemble)
             if n < 1:
-                raise ValueError(f"n_ensemble must be >= 1, got {self.n_ensemble}")
+                raise ConfigError(f"n_ensemble (--ensemble) must be >= 1, got {self.n_ensemble}")
             return [int(self.seed) + k for k in range(n)]
         seeds = [int(s) for s in self.seed]
         if not seeds:
-            raise ValueError("seed: give at least one seed")
+            raise ConfigError("seed: give at least one seed")
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seed: repeated seeds in {seeds}")
+            raise ConfigError(f"seed (--seed): repeated seeds in {seeds}")
         if self.n_ensemble is not None and self.n_ensemble != len(seeds):
-            raise ValueError(f"n_ensemble={self.n_ensemble} but {len(seeds)} seeds were given")
+            raise ConfigError(f"n_ensemble={self.n_ensemble} but {len(seeds)} seeds were given")
         return seeds
 
     def config(self) -> dict:
@@ -318,7 +318,7 @@ class GLocalKRecommender:
         else:
             fit_data = full
         if self.patience is not None and fit_data.val is None:
-            raise ValueError("patience needs a validation split (val_frac)")
+            raise ConfigError("patience needs a validation split (--val-frac / val_frac)")
         members = []
         for seed in self.seeds():
             member_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"seed-{seed}"
@@ -361,7 +361,7 @@ class GLocalKRecommender:
     def _policy(self, unknown: str | None) -> str:
         policy = self.unknown if unknown is None else unknown
         if policy not in UNKNOWN_POLICIES:
-            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {policy!r}")
+            raise ConfigError(f"unknown must be one of {UNKNOWN_POLICIES}, got {policy!r}")
         return policy
 
     def predict(self, users: Any, items: Any = None, *, unknown: str | None = None) -> np.ndarray | float:
@@ -424,13 +424,13 @@ class GLocalKRecommender:
         self._check_fitted()
         policy = self._policy(unknown)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
         u = int(self._ids.lookup(np.array([user]), "user")[0])
         seen = np.zeros(len(self.item_ids_), dtype=bool)
         if u < 0:
             if policy == "error":
                 raise DataError(f"unknown user {user!r}: not in the training data "
-                                "(use unknown='baseline' to recommend by item popularity)")
+                                "(use --unknown baseline, in Python unknown='baseline', to rank items by popularity)")
             raw = self.scorer_.mu + self.scorer_.b_item
         else:
             users = np.broadcast_to(np.array(user, dtype=object), seen.shape)
@@ -467,7 +467,7 @@ class GLocalKRecommender:
         """
         self._check_fitted()
         if unknown not in ("skip", *UNKNOWN_POLICIES):
-            raise ValueError(f"unknown must be 'skip', 'error' or 'baseline', got {unknown!r}")
+            raise ConfigError(f"unknown must be 'skip', 'error' or 'baseline', got {unknown!r}")
         return self._evaluate(self._read_test(test, **read_options), unknown)
 
     def _evaluate(self, df: pd.DataFrame, unknown: str) -> dict:
@@ -504,7 +504,7 @@ class GLocalKRecommender:
 
     def _prepare_matrix(self, data: RatingMatrix, test: Any) -> _Prepared:
         if test is not None and data.test is not None:
-            raise ValueError("fit: the RatingMatrix already has a test split; do not pass test as well")
+            raise ConfigError("fit: the RatingMatrix already has a test split; do not pass test as well")
         offset = float(data.meta.get("offset", 0.0))
         prep = _Prepared(train=data.train, item_ids=np.asarray(data.item_ids), user_ids=np.asarray(data.user_ids),
                          rating_scale=tuple(data.rating_scale), offset=offset, val=data.val, name=data.name)
@@ -590,5 +590,5 @@ def _unknown_message(users: np.ndarray, items: np.ndarray, bad_u: np.ndarray, ba
             uniq = list(dict.fromkeys(ids[pos].tolist()))
             example = ", ".join(repr(v) for v in uniq[:5]) + (", ..." if len(uniq) > 5 else "")
             parts.append(f"unknown {label}{'s' if len(uniq) > 1 else ''} {example} (first at pair {pos[0] + 1})")
-    return "; ".join(parts) + ": not in the training data (predict with unknown='baseline' to fall back " \
-                              "to a user/item bias model)"
+    return "; ".join(parts) + (": not in the training data (--unknown baseline, in Python unknown='baseline', "
+                               "falls back to a user/item bias model)")

@@ -11,7 +11,7 @@ import argparse
 import errno
 import sys
 
-from glocalk.cli import compare, fit, options, train
+from glocalk.cli import compare, fit, train
 from glocalk.errors import GlocalkError
 
 USER_ERROR = 2
@@ -63,18 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
     print(f"glocalk: error: {message}", file=sys.stderr)
     return USER_ERROR
-
-
-# TODO(coordinator): remove after cli/fit.py, cli/compare.py use options
-HYPERPARAMETERS = options.HYPERPARAMETERS
-_overrides = options.overrides
-_progress = options.progress
-
-
-def _add_training_options(p: argparse.ArgumentParser) -> None:  # TODO(coordinator): remove, as above
-    # fit passes args.path/optimizer straight to the estimator: keep today's non-None defaults for it.
-    options.add_training_run(p)
-    p.set_defaults(path="auto", optimizer="scipy")
 
 
 if __name__ == "__main__":

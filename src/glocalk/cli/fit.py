@@ -8,15 +8,15 @@ commands call ``GLocalKRecommender``.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from glocalk.cli.options import add_training_run, execution, overrides, progress
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
 from glocalk.data.readers import Ratings, read_pairs, read_users
-from glocalk.errors import DataError, GlocalkError
+from glocalk.errors import ConfigError, DataError
 from glocalk.estimator import GLocalKRecommender
 from glocalk.presets import PRESETS
 from glocalk.store import write_atomic, write_json_atomic
@@ -75,23 +75,6 @@ def _reader_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
-def _handles_errors(func):
-    """Turn plain ValueErrors (the estimator's parameter checks) into 'glocalk: error:' messages.
-
-    glocalk's own errors (GlocalkError) are reported by ``cli.app.main``, the one error mapping.
-    """
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except GlocalkError:
-            raise
-        except ValueError as e:
-            print(f"glocalk: error: {e}", file=sys.stderr)
-            return 2
-    return wrapper
-
-
 def _write_csv(df: pd.DataFrame, output: str | None) -> None:
     if output in (None, "-"):
         df.to_csv(sys.stdout, index=False)
@@ -111,26 +94,26 @@ def _fmt_metrics(m: dict) -> str:
 # -- glocalk fit ------------------------------------------------------------------------------
 
 
-def _estimator(args: argparse.Namespace, overrides: dict) -> GLocalKRecommender:
+def _estimator(args: argparse.Namespace, hyperparameters: dict) -> GLocalKRecommender:
     """The estimator the model flags describe (--seed and --ensemble checked together)."""
     seeds = list(args.seed)
     if len(seeds) > 1 and args.ensemble is None:
-        raise ValueError(f"{len(seeds)} seeds train {len(seeds)} models: add --ensemble to average their "
+        raise ConfigError(f"{len(seeds)} seeds train {len(seeds)} models: add --ensemble to average their "
                          "predictions, or give one seed")
     n_ensemble = None
     if args.ensemble is not None:
         if len(seeds) == 1:
             n_ensemble = args.ensemble or 0
             if n_ensemble < 2:
-                raise ValueError("--ensemble needs several seeds (--seed 1 2 3 --ensemble) or a count "
+                raise ConfigError("--ensemble needs several seeds (--seed 1 2 3 --ensemble) or a count "
                                  "(--ensemble 3: seeds SEED, SEED+1, SEED+2)")
             seeds = seeds[0]
         elif args.ensemble and args.ensemble != len(seeds):
-            raise ValueError(f"--ensemble {args.ensemble} but {len(seeds)} seeds were given")
+            raise ConfigError(f"--ensemble {args.ensemble} but {len(seeds)} seeds were given")
     return GLocalKRecommender(
         args.preset, seed=seeds, n_ensemble=n_ensemble, val_frac=args.val_frac, patience=args.patience,
         rating_scale=tuple(args.rating_scale) if args.rating_scale else None, duplicates=args.duplicates,
-        device=args.device, path=args.path, optimizer=args.optimizer, threads=args.threads, **overrides)
+        device=args.device, **execution(args), **hyperparameters)
 
 
 def _print_ratings(ratings: Ratings) -> None:
@@ -139,15 +122,12 @@ def _print_ratings(ratings: Ratings) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    # app imports this module when it builds the parser, hence the late import (cli/options.py will hold these).
-    from glocalk.cli.app import _overrides, _progress
-
-    est = _estimator(args, _overrides(args))
+    est = _estimator(args, overrides(args))
     config = FitConfig(ratings=args.ratings, out=args.out, test=args.test, split=args.split, test_frac=args.test_frac,
                        folds=args.folds, refit=not args.no_refit, split_seed=args.split_seed, force=args.force,
                        resume=args.resume, read_options=_reader_kwargs(args), command=["glocalk", *sys.argv[1:]])
     params = est.config()
-    on_epoch, close = _progress(params["epoch_p"] + params["epoch_f"], len(est.seeds()), args.quiet)
+    on_epoch, close = progress(params["epoch_p"] + params["epoch_f"], len(est.seeds()), args.quiet)
     try:
         result = fit_and_report(est, config, on_epoch=on_epoch, on_ratings=None if args.quiet else _print_ratings)
     finally:
@@ -214,8 +194,6 @@ def register(sub) -> None:
 
 
 def _register_fit(sub) -> None:
-    from glocalk.cli.app import _add_training_options  # see cmd_fit
-
     p = sub.add_parser(
         "fit", help="train GLocal-K on your own ratings file and save the model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -257,8 +235,8 @@ def _register_fit(sub) -> None:
                    help="the rating scale predictions are clipped to; ratings outside it are an error (default: the "
                         "min and max of the training ratings)")
     _add_reader_options(p)
-    _add_training_options(p)
-    p.set_defaults(func=_handles_errors(cmd_fit))
+    add_training_run(p)
+    p.set_defaults(func=cmd_fit)
 
 
 def _register_serving(sub) -> None:
@@ -274,7 +252,7 @@ def _register_serving(sub) -> None:
                         "(default), fail, or predict them with the bias baseline")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
     _add_reader_options(p)
-    p.set_defaults(func=_handles_errors(cmd_evaluate))
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict ratings for (user, item) pairs; writes a CSV",
                        description="Predict the rating of every (user, item) pair in PAIRS_FILE with the model in "
@@ -287,7 +265,7 @@ def _register_serving(sub) -> None:
                    help="a user or item not in the training data: an error naming it (default), or the "
                         "baseline's prediction (global mean + item and user biases)")
     _add_reader_options(p, ratings=False)
-    p.set_defaults(func=_handles_errors(cmd_predict))
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("recommend", help="top-k items for a user (or a file of users); writes a CSV",
                        description="The k items with the highest predicted rating for each user, by default "
@@ -304,6 +282,6 @@ def _register_serving(sub) -> None:
                    help="a user not in the training data: an error (default), or the items in baseline order "
                         "(global mean + item bias)")
     p.add_argument("--output", "-o", metavar="CSV", default=None, help="output CSV file (default: standard output)")
-    p.set_defaults(func=_handles_errors(cmd_recommend))
+    p.set_defaults(func=cmd_recommend)
 
 

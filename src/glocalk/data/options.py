@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from glocalk.errors import ConfigError
+
 __all__ = ["COLUMN_ALIASES", "DUPLICATE_POLICIES", "FLAGS", "OPTION_OF_ROLE", "ROLES", "Column", "ReaderOptions",
            "option"]
 
@@ -77,9 +79,9 @@ class ReaderOptions:
 
     def __post_init__(self) -> None:
         if self.duplicates not in DUPLICATE_POLICIES:
-            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {self.duplicates!r}")
+            raise ConfigError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {self.duplicates!r}")
         if self.header not in ("infer", True, False):
-            raise ValueError(f"header must be 'infer', True or False, got {self.header!r}")
+            raise ConfigError(f"header must be 'infer', True or False, got {self.header!r}")
 
     def columns(self, roles: Sequence[str] = ("user", "item", "rating", "timestamp")) -> dict[str, Any]:
         """The column choice of each of ``roles``."""

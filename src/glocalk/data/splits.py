@@ -44,7 +44,7 @@ def _n_of(frac: float, n: int) -> int:
 
 def _check_frac(frac: float, name: str) -> None:
     if not 0.0 < frac < 1.0:
-        raise DataError(f"{name} must be in (0, 1), got {frac}")
+        raise DataError(f"{name} (--{name.replace('_', '-')}) must be in (0, 1), got {frac}")
 
 
 def _finish(r: Ratings, is_test: np.ndarray, return_indices: bool, what: str) -> Split:
