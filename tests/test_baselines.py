@@ -44,7 +44,7 @@ def test_biases_beat_the_global_mean_on_biased_data(data):
 def test_biases_one_sweep_matches_a_hand_computation():
     # Ratings (item, user, r): (0, 0, 5), (0, 1, 4), (1, 0, 3); mu = 4, reg = 1 for both.
     items, users, r = np.array([0, 0, 1]), np.array([0, 1, 0]), np.array([5.0, 4.0, 3.0])
-    mu, b_i, b_u = fit_biases(items, users, r, 2, 2, reg_item=1.0, reg_user=1.0, sweeps=1)
+    mu, b_i, b_u = fit_biases(items, users, r, (2, 2), regs=(1.0, 1.0), sweeps=1)
     assert mu == 4.0
     # b_i0 = (1 + 0) / (1 + 2), b_i1 = -1 / (1 + 1)
     np.testing.assert_allclose(b_i, [1 / 3, -1 / 2])
@@ -59,7 +59,7 @@ def test_biases_converge_to_the_ridge_solution():
     items, users = cells // n_users, cells % n_users
     r = rng.integers(1, 6, n).astype(float)
     reg_i, reg_u = 2.0, 3.0
-    mu, b_i, b_u = fit_biases(items, users, r, n_items, n_users, reg_i, reg_u, sweeps=500)
+    mu, b_i, b_u = fit_biases(items, users, r, (n_items, n_users), (reg_i, reg_u), sweeps=500)
     # Normal equations of sum (r - mu - b_i - b_u)^2 + reg_i |b_i|^2 + reg_u |b_u|^2.
     x = np.zeros((n, n_items + n_users))
     x[np.arange(n), items] = 1

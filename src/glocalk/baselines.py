@@ -123,14 +123,17 @@ class GlobalMean(Baseline):
         return np.full(items.shape, self.mu, dtype=np.float64)
 
 
-def fit_biases(items: np.ndarray, users: np.ndarray, ratings: np.ndarray, n_items: int, n_users: int,
-               reg_item: float, reg_user: float, sweeps: int = 1, mu: float | None = None,
+def fit_biases(items: np.ndarray, users: np.ndarray, ratings: np.ndarray, shape: tuple[int, int],
+               regs: tuple[float, float], sweeps: int = 1, *, mu: float | None = None,
                b_user: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """``sweeps`` rounds of the alternating closed-form bias updates; returns (mu, b_item, b_user).
+
+    ``shape``: (n_items, n_users); ``regs``: (reg_item, reg_user).
 
     Starts from ``b_user`` (zeros by default); each round solves for all b_i given b_u,
     then for all b_u given b_i (see the module docstring).
     """
+    (n_items, n_users), (reg_item, reg_user) = shape, regs
     mu = float(ratings.mean()) if mu is None else mu
     n_i = np.bincount(items, minlength=n_items).astype(np.float64)
     n_u = np.bincount(users, minlength=n_users).astype(np.float64)
@@ -169,7 +172,7 @@ class Biases(Baseline):
             lo, hi = self.rating_scale
             grid = []
             for reg_i, reg_u in itertools.product(self.regs, self.regs):
-                mu, b_i, b_u = fit_biases(items, users, ratings, *shape, reg_i, reg_u, self.sweeps)
+                mu, b_i, b_u = fit_biases(items, users, ratings, shape, (reg_i, reg_u), self.sweeps)
                 grid.append({"reg_item": reg_i, "reg_user": reg_u,
                              "val_rmse": rmse(np.clip(mu + b_i[vi] + b_u[vu], lo, hi), vr)})
             chosen = min(grid, key=lambda g: g["val_rmse"])
@@ -180,7 +183,7 @@ class Biases(Baseline):
         b_u, states = None, []
         for sweep in range(1, self.sweeps + 1):
             t_sweep = time.perf_counter()
-            self.mu, self.b_item, b_u = fit_biases(items, users, ratings, *shape, reg_i, reg_u, 1, b_user=b_u)
+            self.mu, self.b_item, b_u = fit_biases(items, users, ratings, shape, (reg_i, reg_u), 1, b_user=b_u)
             self.b_user = b_u
             states.append((self.b_item, self.b_user))
             self.history.append({"epoch": sweep, "stage": 1, **self._metrics(splits),

@@ -111,8 +111,8 @@ class Scorer:
             self.factors.append((h.numpy(), w.detach().numpy(), b.detach().numpy()))
         seen = model.seen
         items, users, ratings = entries(seen)
-        self.mu, self.b_item, self.b_user = fit_biases(items, users, ratings, *seen.shape,
-                                                       BASELINE_REG, BASELINE_REG, BASELINE_SWEEPS)
+        self.mu, self.b_item, self.b_user = fit_biases(items, users, ratings, seen.shape,
+                                                       (BASELINE_REG, BASELINE_REG), BASELINE_SWEEPS)
 
     def scores(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
         """The members' mean score at each (item, user) index pair: (n_pairs,)."""
