@@ -16,6 +16,7 @@ from glocalk.data.matrix import RatingMatrix
 from glocalk.data.synthetic import BiasSignal, bias_ratings
 from glocalk.errors import CheckpointError
 from glocalk.metrics import evaluate
+from glocalk.presets import GLOCALK_VARIANTS, LABELS
 
 TINY = {"n_hid": 8, "epoch_p": 2, "epoch_f": 2, "iter_p": 2, "iter_f": 2}
 BASELINE_OPTIONS = {"biased-mf": {"factors": 4, "epochs": 4, "regs": (0.05, 0.1)}, "biases": {"sweeps": 4}}
@@ -89,7 +90,7 @@ def test_table_numbers_are_the_means_of_the_seed_results(bench_run):
     for model in MODELS:
         runs = [r for r in results["runs"] if r["model"] == model]
         assert [r["seed"] for r in runs] == SEEDS
-        cells = _row(table, bench.LABELS[model])
+        cells = _row(table, LABELS[model])
         for col, key in ((1, "rmse"), (2, "mae"), (3, "ndcg")):
             values = np.array([r["val_selected"][key] for r in runs])
             assert results["summary"][model]["mean"][key] == pytest.approx(values.mean())
@@ -97,7 +98,7 @@ def test_table_numbers_are_the_means_of_the_seed_results(bench_run):
             assert cells[col] == f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
         wall = np.array([r["wall_time_s"] for r in runs])
         assert cells[6] == f"{wall.mean():.1f} ± {wall.std(ddof=1):.1f}"
-        if model in bench.GLOCALK_VARIANTS:
+        if model in GLOCALK_VARIANTS:
             best = np.array([r["best"]["rmse"] for r in runs])
             assert cells[4].startswith(f"{best.mean():.4f}")
         else:
@@ -136,13 +137,13 @@ def test_ablation_configurations(bench_run):
 def test_ensemble_is_the_mean_of_the_seeds_predictions(bench_run, data):
     out, results = bench_run
     items, users, truth = entries(data.test)
-    assert set(results["ensembles"]) == {"biased-mf", *bench.GLOCALK_VARIANTS}
+    assert set(results["ensembles"]) == {"biased-mf", *GLOCALK_VARIANTS}
     for model, ens in results["ensembles"].items():
         preds = [np.load(out / "predictions" / f"{model}-seed-{s}.npy") for s in SEEDS]
         expected = evaluate(np.mean(preds, axis=0), truth, users, items, data.rating_scale)
         assert ens["n_models"] == len(SEEDS)
         assert ens["rmse"] == pytest.approx(expected["rmse"])
-        cells = _row((out / "table.md").read_text(), f"{bench.LABELS[model]}, ensemble of 2 seeds")
+        cells = _row((out / "table.md").read_text(), f"{LABELS[model]}, ensemble of 2 seeds")
         assert cells[1] == f"{expected['rmse']:.4f}"
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from glocalk.compare.harness import markdown_table
-from glocalk.compare.report import epoch_table, load_summary, mean_std, results_table
+from glocalk.compare.report import epoch_table, load_summary, markdown_table, mean_std, results_table
 from glocalk.errors import ConfigError, DataError
 from glocalk.presets import PAPER_CAPTION, PAPER_RESULTS
 
