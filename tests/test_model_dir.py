@@ -237,7 +237,7 @@ def test_a_dense_execution_too_large_to_build_is_served_sparse(saved, fitted, da
     # model.json's "path" cannot make loading build a dense matrix over the limit (1 GiB; 10 entries here).
     _edit_meta(saved, path="dense")
     dense = GLocalKRecommender.load(saved)
-    monkeypatch.setattr("glocalk.estimator.CONV_DENSE_MAX_ENTRIES", 10)
+    monkeypatch.setattr("glocalk.scoring.CONV_DENSE_MAX_ENTRIES", 10)
     small = GLocalKRecommender.load(saved)
     assert dense.scorer_.execution == "dense" and small.scorer_.execution == "sparse"
     _, test = data
