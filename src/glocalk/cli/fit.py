@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from glocalk.cli.options import add_training_run, execution, overrides, progress
+from glocalk.compare.report import mean_std
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
 from glocalk.data.readers import Ratings, read_pairs, read_users
 from glocalk.errors import ConfigError, DataError
@@ -142,7 +143,7 @@ def _print_fit(report: dict, out: Path, saved: bool) -> None:
     if cv:
         lines.append(f"{cv['folds']}-fold cross-validation (mean ± std over folds):")
         for key in ("rmse", "mae", "ndcg"):
-            lines.append(f"  {key.upper():<5} {cv['mean'][key]:.4f} ± {cv['std'][key]:.4f}")
+            lines.append(f"  {key.upper():<5} {mean_std(cv['mean'][key], cv['std'][key])}")
     if report.get("metrics"):
         lines.append(f"test ({report['split']['kind']}): {_fmt_metrics(report['metrics'])}")
     if report.get("members"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import DataError
+from glocalk.store import write_atomic
 
 __all__ = ["ENV_DATA", "ENV_DOWNLOAD_BASE", "DatasetInfo", "download", "find_dir", "resolve_data_dir", "sha256_file"]
 
@@ -146,15 +146,14 @@ def _mirror_url(url: str, base_url: str | None) -> str:
 
 
 def _write_verified(dest: Path, chunks, expected: str | None, what: str) -> None:
-    """Stream ``chunks`` into ``dest.<random>.part``; rename onto ``dest`` only if the sha256 matches.
+    """Stream ``chunks`` into a temporary sibling of ``dest``; rename it onto ``dest`` only if the sha256 matches.
 
-    The unique .part name keeps concurrent downloads from clobbering each other; the rename is
-    atomic, so ``dest`` is either absent or complete and verified.
+    store.write_atomic's unique temporary name keeps concurrent downloads from clobbering each
+    other, and its rename is atomic, so ``dest`` is either absent or complete and verified.
     """
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
+    def fill(tmp: Path) -> None:
+        h = hashlib.sha256()
+        with open(tmp, "wb") as out:
             for block in chunks:
                 out.write(block)
                 h.update(block)
@@ -162,10 +161,8 @@ def _write_verified(dest: Path, chunks, expected: str | None, what: str) -> None
         if expected is not None and actual != expected:
             raise DataError(f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}; "
                             "the file was discarded (a changed or truncated download?)")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(dest, fill)
 
 
 def _fetch(url: str, dest: Path, expected: str) -> None:
