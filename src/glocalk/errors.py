@@ -28,3 +28,8 @@ class TrainingError(GlocalkError, RuntimeError):
 
 class OutputError(GlocalkError, OSError):
     """An output path cannot be written (read-only, a directory, under a file) or is not ours to replace."""
+
+
+def option_name(name: str) -> str:
+    """An option as messages name it: the Python name and its command-line flag, ``n_dim (--n-dim)``."""
+    return f"{name} (--{name.replace('_', '-')})"

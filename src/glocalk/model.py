@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glocalk.errors import ConfigError
+from glocalk.errors import ConfigError, option_name
 from glocalk.sparse import SparsePattern, sampled_mm, spmm
 
 GK_NORMS = ("paper", "sqrt")
@@ -41,10 +41,6 @@ class Stage(IntEnum):
 
     PRETRAIN = 1  # f on R
     FINETUNE = 2  # f on R_hat = relu(conv2d(R, g))
-
-
-def _flag(name: str) -> str:
-    return f"{name} (--{name.replace('_', '-')})"
 
 
 @dataclass
@@ -77,16 +73,16 @@ class GLocalKConfig:
         for name in ("n_hid", "n_dim", "n_layers", "gk_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-                raise ConfigError(f"{_flag(name)} must be an integer >= 1, got {value!r}")
+                raise ConfigError(f"{option_name(name)} must be an integer >= 1, got {value!r}")
         for name, low, inclusive in (("lambda_2", 0.0, True), ("lambda_s", 0.0, True), ("dot_scale", 0.0, False)):
             value = getattr(self, name)
             ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and (
                 value >= low if inclusive else value > low)
             if not ok:
-                raise ConfigError(f"{_flag(name)} must be a finite number {'>=' if inclusive else '>'} {low:g}, "
+                raise ConfigError(f"{option_name(name)} must be a finite number {'>=' if inclusive else '>'} {low:g}, "
                                   f"got {value!r}")
         if self.gk_norm not in GK_NORMS:
-            raise ConfigError(f"{_flag('gk_norm')} must be 'paper' or 'sqrt', got {self.gk_norm!r}")
+            raise ConfigError(f"{option_name('gk_norm')} must be 'paper' or 'sqrt', got {self.gk_norm!r}")
         for name in ("local_kernel", "global_kernel"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

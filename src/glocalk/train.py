@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.data.matrix import RatingMatrix
-from glocalk.errors import CheckpointError, ConfigError, TrainingError
+from glocalk.errors import CheckpointError, ConfigError, TrainingError, option_name
 from glocalk.inputs import TrainingInput, choose_execution, prepare_input
 from glocalk.metrics import evaluate
 from glocalk.model import GLocalK, GLocalKConfig
@@ -62,23 +62,18 @@ class TrainConfig:
         for name in ("epoch_p", "epoch_f", "iter_p", "iter_f", "seed"):
             value = getattr(self, name)
             if not _is_int(value) or (name != "seed" and value < 0):
-                raise ConfigError(f"{name} ({_flag(name)}) must be an integer >= 0, got {value!r}")
+                raise ConfigError(f"{option_name(name)} must be an integer >= 0, got {value!r}")
         if self.epoch_p + self.epoch_f == 0:
             raise ConfigError("nothing to train: epoch_p and epoch_f are both 0")
         for name in ("patience", "threads"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
-                raise ConfigError(f"{name} ({_flag(name)}) must be an integer >= 1 (or None), got {value!r}")
+                raise ConfigError(f"{option_name(name)} must be an integer >= 1 (or None), got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer (--optimizer) must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.path not in PATHS:
             raise ConfigError(f"path (--path) must be one of {', '.join(PATHS)}, got {self.path!r}")
         return self
-
-
-def _flag(name: str) -> str:
-    """The command-line flag of a TrainConfig field, for messages."""
-    return "--" + name.replace("_", "-")
 
 
 def _is_int(value: object) -> bool:
