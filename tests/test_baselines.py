@@ -10,6 +10,7 @@ import pytest
 from glocalk.baselines import BiasedMF, Biases, GlobalMean, entries, fit_biases, make_baseline
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.synthetic import BiasSignal, bias_ratings
+from glocalk.errors import ConfigError
 from glocalk.metrics import rmse
 
 
@@ -142,5 +143,5 @@ def test_make_baseline():
     assert isinstance(make_baseline("biases"), Biases)
     mf = make_baseline("biased-mf", seed=3, factors=5)
     assert isinstance(mf, BiasedMF) and mf.seed == 3 and mf.factors == 5
-    with pytest.raises(KeyError, match="unknown baseline"):
+    with pytest.raises(ConfigError, match="unknown baseline"):
         make_baseline("svd++")

@@ -14,7 +14,7 @@ from glocalk.baselines import entries
 from glocalk.compare.harness import MODELS, BenchmarkConfig, benchmark_split, run_benchmark
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.synthetic import BiasSignal, bias_ratings
-from glocalk.errors import CheckpointError
+from glocalk.errors import CheckpointError, ConfigError, DataError
 from glocalk.metrics import evaluate
 from glocalk.presets import GLOCALK_VARIANTS, LABELS
 
@@ -163,9 +163,9 @@ def test_resume_reuses_finished_runs(bench_run, data, monkeypatch):
 
 
 def test_bad_arguments(data, tmp_path):
-    with pytest.raises(KeyError, match="unknown model"):
+    with pytest.raises(ConfigError, match="unknown model"):
         benchmark(data, ["svd"], [1], 0.1, tmp_path)
-    with pytest.raises(KeyError, match="unknown hyperparameters"):
+    with pytest.raises(ConfigError, match="unknown hyperparameters"):
         benchmark(data, ["glocalk"], [1], 0.1, tmp_path, {"lambda_3": 1.0})
 
 
@@ -297,7 +297,7 @@ def test_tabulate_only_trains_nothing_and_reports_each_rows_seeds(bench_run, dat
     table = (copy / "table.md").read_text()
     assert _row(table, "GLocal-K")[-1] == str(SEEDS[0])
     assert _row(table, "User + item biases")[-1] == ", ".join(map(str, SEEDS))
-    with pytest.raises(FileNotFoundError, match="nothing to tabulate"):
+    with pytest.raises(DataError, match="nothing to tabulate"):
         benchmark(data, ["biases"], SEEDS, 0.1, tmp_path / "empty", TINY, train=False)
 
 
@@ -325,4 +325,21 @@ def test_cli_benchmark_rejects_patience_zero_before_any_output(monkeypatch, tmp_
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--patience" in err and "must be an integer >= 1" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tabulate-only"], "nothing to tabulate"),
+    (["--from-train", "no-such-folder"], "--from-train: no such folder"),
+])
+def test_cli_benchmark_input_errors_are_messages_and_create_nothing(monkeypatch, tmp_path, capsys, flags, message):
+    """A missing --from-train folder or nothing to tabulate is the user's to fix: exit 2 and a message, no folder."""
+    import glocalk.data.datasets
+    from glocalk.cli.app import main
+
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", lambda name, data_dir=None, download=False: tiny_data())
+    out = tmp_path / "cli"
+    assert main(["benchmark", "--dataset", "tiny", "--models", "biases", "--out", str(out), "--quiet",
+                 *flags]) == 2
+    assert message in capsys.readouterr().err
     assert not out.exists()

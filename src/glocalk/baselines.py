@@ -39,6 +39,7 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.data.matrix import RatingMatrix
+from glocalk.errors import ConfigError
 from glocalk.metrics import evaluate, rmse
 
 SPLITS = ("train", "val", "test")
@@ -328,7 +329,7 @@ def make_baseline(name: str, seed: int = 0, device: str = "cpu", **options) -> B
     try:
         cls = BASELINES[name]
     except KeyError:
-        raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
+        raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
     if cls is BiasedMF:
         options = {"seed": seed, "device": device, **options}
     return cls(**options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from glocalk.errors import ConfigError
 from glocalk.model import GLocalKConfig
 from glocalk.train import TrainConfig
 
@@ -53,13 +54,13 @@ def preset(name: str) -> dict:
     try:
         return dict(PRESETS[name])
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
 
 
 def split_config(params: dict) -> tuple[GLocalKConfig, TrainConfig]:
     """Split a flat dict of hyperparameters into the model and the training configs."""
     unknown = set(params) - set(MODEL_KEYS) - set(TRAIN_KEYS)
     if unknown:
-        raise KeyError(f"unknown hyperparameters: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown hyperparameters: {', '.join(sorted(unknown))}")
     return (GLocalKConfig(**{k: v for k, v in params.items() if k in MODEL_KEYS}),
             TrainConfig(**{k: v for k, v in params.items() if k in TRAIN_KEYS}))

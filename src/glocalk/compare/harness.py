@@ -48,10 +48,10 @@ import numpy as np
 from glocalk.baselines import BASELINES, entries, make_baseline
 from glocalk.compare.report import markdown_table, plot_bars, plot_curves
 from glocalk.data.matrix import RatingMatrix
-from glocalk.errors import TrainingError
+from glocalk.errors import ConfigError, DataError, TrainingError
 from glocalk.presets import GLOCALK_VARIANTS, PAPER_RESULTS, PRESETS, split_config
 from glocalk.protocol import RunOptions, ensemble_metrics, options_or_fields, saved_state, train_run
-from glocalk.store import device_description, versions, write_json_atomic
+from glocalk.store import device_description, json_default, versions, write_json_atomic
 from glocalk.train import summarise
 
 MODELS: tuple[str, ...] = (*BASELINES, *GLOCALK_VARIANTS)
@@ -144,14 +144,10 @@ def _clipped(predictions: np.ndarray | None, split: RatingMatrix) -> np.ndarray 
     return None if predictions is None else np.clip(predictions, *split.rating_scale)
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+def _jsonable(obj: object) -> object:
+    """``obj`` as it reads back from JSON (tuples as lists, NumPy scalars as numbers), so that a
+    resumed benchmark compares its options with the ones in results.json; the one JSON encoder."""
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -260,13 +256,13 @@ class _Benchmark:
         c = self.config = config
         unknown = [m for m in c.models if m not in MODELS]
         if unknown:
-            raise KeyError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+            raise ConfigError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
         if data.test is None or not data.test.nnz:
-            raise ValueError("the benchmark needs a test split")
+            raise DataError("the benchmark needs a test split")
         if not c.seeds:
-            raise ValueError("the benchmark needs at least one seed")
+            raise ConfigError("the benchmark needs at least one seed (--seed)")
         if c.from_train is not None and not Path(c.from_train).is_dir():
-            raise FileNotFoundError(f"--from-train: no such folder {c.from_train}")
+            raise DataError(f"--from-train: no such folder {c.from_train}")
         self.data = data
         self.models, self.seeds = list(dict.fromkeys(c.models)), list(dict.fromkeys(c.seeds))
         key = _dataset_key(data, c.dataset)
@@ -274,14 +270,14 @@ class _Benchmark:
         split_config(self.params)[1].validate()  # fail on unknown or invalid hyperparameters before any training
         self.options = _baseline_options(c)
         self.out_dir = Path(c.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         identity = {"dataset": key or data.name, "fingerprint": data.fingerprint(), "val_frac": c.val_frac,
                     "params": self.params, "variants": GLOCALK_VARIANTS, "baseline_options": _jsonable(self.options),
                     "quick": c.quick, "device": c.device}
         self.header = {**identity, **_header_extra(data, key, self.params, self.models, self.seeds, c)}
         self.previous = _previous_runs(self.out_dir, identity) if c.resume or not c.train else {}
         if not c.train and not self.previous:
-            raise FileNotFoundError(f"nothing to tabulate: no finished runs in {self.out_dir / 'results.json'}")
+            raise DataError(f"nothing to tabulate: no finished runs in {self.out_dir / 'results.json'}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.kept = [r for (m, s), r in self.previous.items() if m not in self.models or s not in self.seeds]
         self.runs: list[dict] = []
         self.preds: dict[tuple[str, int], np.ndarray | None] = {}
@@ -382,7 +378,7 @@ def _baseline_options(c: BenchmarkConfig) -> dict[str, dict]:
     options = {name: dict(QUICK_BASELINE_OPTIONS.get(name, {})) if c.quick else {} for name in BASELINES}
     for name, opts in (c.baseline_options or {}).items():
         if name not in BASELINES:
-            raise KeyError(f"options for unknown baseline {name!r}")
+            raise ConfigError(f"options for unknown baseline {name!r}")
         options[name].update(opts)
     return options
 
