@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from glocalk.cli import fit as cli_fit
@@ -27,12 +26,6 @@ TINY = ["--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--i
         "--threads", "1", "--quiet"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from glocalk.data.matrix import RatingMatrix
@@ -21,13 +20,6 @@ from glocalk.estimator import GLocalKRecommender
 # Tiny settings: the suite runs on 2 shared cores.
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    # threads=1 sets torch's global thread count; give other tests theirs back.
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
 from glocalk.inputs import choose_execution
 from glocalk.model import GLocalKConfig
-from glocalk.train import TrainConfig, Trainer, lbfgs_epoch, summarise
+from glocalk.train import TrainConfig, Trainer, host_assign, host_flat, lbfgs_epoch, summarise
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -370,3 +370,31 @@ def test_negative_ratings_are_rejected():
     r = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 2.0], [-2.0, 1.0, 0.0]], dtype=np.float32)
     with pytest.raises(DataError, match="negative"):
         RatingMatrix(sp.csr_matrix(r))
+
+
+def test_a_run_on_its_own_thread_count_gives_the_caller_its_own_back():
+    """threads=N applies while training; the process-wide torch setting is restored afterwards (and
+    after a failure), so a library call leaves no global state changed."""
+    before = torch.get_num_threads()
+    seen = []
+    trainer = Trainer(synthetic(), GLocalKConfig(n_hid=8), TrainConfig(epoch_p=1, epoch_f=1, iter_p=1, iter_f=1,
+                                                                        threads=before + 1))
+    trainer.run(on_epoch=lambda rec: seen.append(torch.get_num_threads()))
+    assert seen == [before + 1, before + 1] and torch.get_num_threads() == before
+
+    def fail(rec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(synthetic(), GLocalKConfig(n_hid=8), TrainConfig(epoch_p=1, epoch_f=1, iter_p=1, iter_f=1,
+                                                                 threads=before + 1)).run(on_epoch=fail)
+    assert torch.get_num_threads() == before
+
+
+def test_host_round_trip_copies_parameters_exactly():
+    params = [torch.nn.Parameter(torch.tensor([[1.5, -2.0], [0.25, 3.0]])), torch.nn.Parameter(torch.tensor([7.0]))]
+    x = host_flat(params)
+    assert x.dtype.name == "float64" and x.tolist() == [1.5, -2.0, 0.25, 3.0, 7.0]
+    x[:] = [0.0, 1.0, 2.0, 3.0, 4.0]
+    host_assign(params, x)
+    assert params[0].tolist() == [[0.0, 1.0], [2.0, 3.0]] and params[1].tolist() == [4.0]

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from glocalk.compare.validation import FitConfig, cross_validate, fit_and_report, training_part
 from glocalk.data import splits
@@ -17,12 +16,6 @@ from glocalk.estimator import GLocalKRecommender
 
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 from glocalk.data.datasets import load_dataset
@@ -21,7 +20,7 @@ from glocalk.data.synthetic import make_ratings
 from glocalk.inputs import prepare_input
 from glocalk.model import GLocalK
 from glocalk.presets import preset, split_config
-from glocalk.train import Trainer
+from glocalk.train import Trainer, host_assign, host_flat
 
 from .common import PHASE_MARK, RESULT_MARK, epoch_totals
 from .machine import peak_rss_mb, proc_rss_mb
@@ -43,22 +42,6 @@ def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so that a timer sees it (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def host_flat(tensors: list[torch.Tensor]) -> np.ndarray:
-    """Tensors as one float64 host vector: what the SciPy optimiser reads at every evaluation."""
-    return torch.cat([t.detach().reshape(-1) for t in tensors]).double().cpu().numpy()
-
-
-def host_assign(params: list[torch.Tensor], x: np.ndarray) -> None:
-    """Copy a float64 host vector back into the parameters: what the SciPy optimiser writes."""
-    xt = torch.from_numpy(x)
-    offset = 0
-    with torch.no_grad():
-        for p in params:
-            n = p.numel()
-            p.copy_(xt[offset: offset + n].view_as(p).to(p.device, p.dtype))
-            offset += n
 
 
 def one_pass(model: GLocalK, inp, stage: int, params: list, device: torch.device) -> tuple[float, float]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -119,11 +120,13 @@ class _Split:
         self.cols_t = torch.from_numpy(coo.col.astype(np.int64)).to(device)
 
 
-def _flat(params: list[torch.Tensor]) -> np.ndarray:
+def host_flat(params: list[torch.Tensor]) -> np.ndarray:
+    """Tensors as one float64 host vector: what SciPy's optimiser reads at every evaluation."""
     return torch.cat([p.detach().reshape(-1) for p in params]).double().cpu().numpy()
 
 
-def _assign(params: list[torch.Tensor], x: np.ndarray) -> None:
+def host_assign(params: list[torch.Tensor], x: np.ndarray) -> None:
+    """Copy a float64 host vector back into the parameters: what SciPy's optimiser writes."""
     xt = torch.from_numpy(x)
     offset = 0
     with torch.no_grad():
@@ -167,7 +170,7 @@ def lbfgs_epoch(params: list[torch.nn.Parameter], loss_fn: Callable[[], torch.Te
         raise ConfigError(f"optimizer must be 'scipy' or 'torch', got {optimizer!r}")
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        _assign(params, x)
+        host_assign(params, x)
         value, grads = value_and_grad()
         g = torch.cat([t.reshape(-1) for t in grads]).double().cpu().numpy()
         if not (math.isfinite(value) and np.all(np.isfinite(g))):
@@ -175,10 +178,23 @@ def lbfgs_epoch(params: list[torch.nn.Parameter], loss_fn: Callable[[], torch.Te
             return math.inf, np.zeros_like(g)
         return value, g
 
-    res = scipy.optimize.minimize(fun, _flat(params), jac=True, method="L-BFGS-B",
+    res = scipy.optimize.minimize(fun, host_flat(params), jac=True, method="L-BFGS-B",
                                   options={"maxiter": max_iter, "maxcor": 10})
-    _assign(params, res.x)
+    host_assign(params, res.x)
     return {"loss": float(res.fun), "nfev": int(res.nfev), "nit": int(res.nit)}
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on ``n`` torch CPU threads (None: as they are) and give the caller its own back:
+    the thread count is process-wide, and a library call must not leave it changed."""
+    saved = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 class Trainer:
@@ -190,8 +206,6 @@ class Trainer:
         self.model_config = model_config or GLocalKConfig()
         self.config = (train_config or TrainConfig()).validate()
         c = self.config
-        if c.threads:
-            torch.set_num_threads(c.threads)
         self.device = resolve_device(c.device)
         self.path = choose_execution(data.shape, data.train.nnz, c.path)
         torch.manual_seed(c.seed)
@@ -252,13 +266,14 @@ class Trainer:
         epoch, then call each ``on_epoch(record)``; return summaries and the model."""
         callbacks = [] if on_epoch is None else [on_epoch] if callable(on_epoch) else list(on_epoch)
         t_start = time.perf_counter() - sum(r["seconds"] + r["eval_seconds"] for r in self.history)
-        while not self.finished:
-            rec = self._epoch(len(self.history) + 1)
-            self.history.append(rec)
-            if self._is_selected(rec):
-                self.selected_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            for callback in callbacks:
-                callback(rec)
+        with torch_threads(self.config.threads):
+            while not self.finished:
+                rec = self._epoch(len(self.history) + 1)
+                self.history.append(rec)
+                if self._is_selected(rec):
+                    self.selected_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                for callback in callbacks:
+                    callback(rec)
         best, final, val_sel = summarise(self.history)
         return TrainResult(
             model=self.model, history=self.history, best=best, final=final, val_selected=val_sel,
