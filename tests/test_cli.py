@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from conftest import tiny_ratings
 import glocalk.cli.train
 import glocalk.data.datasets
 from glocalk.cli.app import main
+from glocalk.cli.options import progress
 from glocalk.data.matrix import RatingMatrix
 
 TINY = ["--n-hid", "8", "--epoch-p", "2", "--epoch-f", "3", "--iter-p", "2", "--iter-f", "2"]
@@ -176,3 +178,31 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(glocalk.cli.train, "cmd_report", buggy)
     with pytest.raises(KeyError, match="rmse"):
         main(["report"])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_plain_line_per_epoch_when_not_on_a_terminal():
+    """A redirected log gets readable lines (no carriage-return bar updates); a terminal gets the bar."""
+    rec = {"epoch": 3, "stage": 1, "train_rmse": 0.91234, "val_rmse": 0.95, "seconds": 1.25, "eval_seconds": 0.25}
+    log = io.StringIO()
+    on_epoch, close = progress(10, 1, quiet=False, stream=log)
+    on_epoch(7, rec)
+    on_epoch(7, {**rec, "epoch": 4, "test_rmse": 0.9})
+    close()
+    assert log.getvalue().splitlines() == [
+        "seed 7: epoch 3/10 stage 1 train 0.9123 val 0.9500 (1.5 s)",
+        "seed 7: epoch 4/10 stage 1 train 0.9123 val 0.9500 test 0.9000 (1.5 s)"]
+    tty = _Terminal()
+    on_epoch, close = progress(10, 1, quiet=False, stream=tty)
+    on_epoch(7, rec)
+    close()
+    assert "\r" in tty.getvalue() and "seed 7" in tty.getvalue()
+    quiet = io.StringIO()
+    on_epoch, close = progress(10, 1, quiet=True, stream=quiet)
+    on_epoch(7, rec)
+    close()
+    assert quiet.getvalue() == ""

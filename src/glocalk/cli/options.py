@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -111,24 +112,49 @@ def execution(args: argparse.Namespace) -> dict:
     return {"path": args.path or "auto", "optimizer": args.optimizer or "scipy", "threads": args.threads}
 
 
-def progress(total_epochs: int, n_seeds: int, quiet: bool) -> ProgressCallbacks:
-    """(on_epoch, close): an on_epoch callback showing a tqdm bar per seed with the current RMSEs."""
-    bars: dict[int, tqdm] = {}
+def epoch_summary(rec: dict) -> dict[str, str]:
+    """The figures a progress display shows for one epoch record: stage and the RMSEs it has."""
+    out = {"stage": str(rec["stage"]), "train": f"{rec['train_rmse']:.4f}"}
+    for split in ("val", "test"):
+        if f"{split}_rmse" in rec:
+            out[split] = f"{rec[f'{split}_rmse']:.4f}"
+    return out
 
-    def on_epoch(seed: int, rec: dict) -> None:
-        if quiet:
-            return
+
+def progress(total_epochs: int, n_seeds: int, quiet: bool, stream: TextIO | None = None) -> ProgressCallbacks:
+    """(on_epoch, close): per-epoch progress on ``stream`` (default stderr) with the current RMSEs.
+
+    On a terminal, a tqdm bar per seed; otherwise (a log file, a pipe, CI) one plain line per epoch,
+    because a bar's carriage-return updates make a redirected log unreadable.
+    """
+    stream = sys.stderr if stream is None else stream
+    if quiet:
+        return (lambda seed, rec: None), (lambda: None)
+    if not stream.isatty():
+        return _line_per_epoch(total_epochs, stream), (lambda: None)
+    return _bars(total_epochs, stream)
+
+
+def _line_per_epoch(total_epochs: int, stream: TextIO) -> Callable[[object, dict], None]:
+    def on_epoch(seed: object, rec: dict) -> None:
+        figures = " ".join(f"{k} {v}" for k, v in epoch_summary(rec).items())
+        seconds = rec.get("seconds", 0.0) + rec.get("eval_seconds", 0.0)
+        print(f"seed {seed}: epoch {rec['epoch']}/{total_epochs} {figures} ({seconds:.1f} s)", file=stream,
+              flush=True)
+
+    return on_epoch
+
+
+def _bars(total_epochs: int, stream: TextIO) -> ProgressCallbacks:
+    bars: dict[object, tqdm] = {}
+
+    def on_epoch(seed: object, rec: dict) -> None:
         if seed not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[seed] = tqdm(total=total_epochs, desc=f"seed {seed}", unit="epoch", file=sys.stderr,
+            bars[seed] = tqdm(total=total_epochs, desc=f"seed {seed}", unit="epoch", file=stream,
                               dynamic_ncols=True)
-        post = {"stage": rec["stage"], "train": f"{rec['train_rmse']:.4f}"}
-        if "val_rmse" in rec:
-            post["val"] = f"{rec['val_rmse']:.4f}"
-        if "test_rmse" in rec:
-            post["test"] = f"{rec['test_rmse']:.4f}"
-        bars[seed].set_postfix(post)
+        bars[seed].set_postfix(epoch_summary(rec))
         bars[seed].update(1)
         if bars[seed].n >= total_epochs:
             bars[seed].close()
