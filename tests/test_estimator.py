@@ -319,8 +319,10 @@ def _ndcg_by_hand(users, pred, truth) -> float:
     return float(np.mean(scores))
 
 
-def test_ndcg_is_in_the_users_units_on_a_0_to_10_scale(data):
-    # 0..10 is stored shifted by 1 inside; NDCG's gains 2^r - 1 must use the user's r.
+def test_ndcg_gains_are_on_the_scale_mapped_onto_1_to_5_on_a_0_to_10_scale(data):
+    # Issue 10: NDCG's gains 2^r - 1 use r on the scale mapped onto the model's 1..5 (0..10 -> 1 + 0.4 r),
+    # so NDCG does not change under r -> a r + b; RMSE stays in the user's units. (Issue 9 had the gains
+    # in the user's units; that rule is superseded.)
     train, test = data
     to_ten = {1.0: 0.0, 2.0: 2.5, 3.0: 5.0, 4.0: 7.5, 5.0: 10.0}
     train, test = (df.assign(rating=df["rating"].map(to_ten)) for df in (train, test))
@@ -328,11 +330,11 @@ def test_ndcg_is_in_the_users_units_on_a_0_to_10_scale(data):
     assert model.offset_ == 1.0 and model.rating_scale_ == (0.0, 10.0)
     pred = model.predict(test["user"], test["item"])
     truth = test["rating"].to_numpy()
-    expected = _ndcg_by_hand(list(test["user"]), pred, truth)
+    expected = _ndcg_by_hand(list(test["user"]), 1 + 0.4 * pred, 1 + 0.4 * truth)
     assert model.metrics_["ndcg"] == pytest.approx(expected, rel=1e-9)
     assert model.metrics_["rmse"] == pytest.approx(np.sqrt(np.mean((pred - truth) ** 2)), rel=1e-9)
-    shifted = _ndcg_by_hand(list(test["user"]), pred + 1, truth + 1)
-    assert abs(shifted - expected) > 1e-4, "test setup: the shift must change NDCG for this test to mean anything"
+    in_users_units = _ndcg_by_hand(list(test["user"]), pred, truth)
+    assert abs(in_users_units - expected) > 1e-4, "test setup: the units must matter here"
 
 
 # -- model directories written before the restructure still load ------------------------------------------

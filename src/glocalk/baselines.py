@@ -84,6 +84,7 @@ class Baseline:
 
     def _prepare(self, data: RatingMatrix) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         self.rating_scale = tuple(data.rating_scale)
+        self.to_model = data.rating_map.to_model  # NDCG's gains in the model's units (data.scaling)
         self.history, self.selected = [], None
         out = {}
         for name in SPLITS:
@@ -101,7 +102,7 @@ class Baseline:
             if name == "train":
                 row["train_rmse"] = rmse(pred, truth)
             else:
-                metrics = evaluate(pred, truth, users, items, self.rating_scale)
+                metrics = evaluate(pred, truth, users, items, self.rating_scale, self.to_model)
                 row.update({f"{name}_{k}": v for k, v in metrics.items()})
         return row
 

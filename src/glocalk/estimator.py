@@ -48,6 +48,7 @@ import scipy.sparse as sp
 
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
+from glocalk.data.scaling import RatingMap
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
 from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.model_dir import Member, SavedModel, fingerprint, load_model, save_model
@@ -102,9 +103,10 @@ class GLocalKRecommender:
             iter_p, iter_f; unset ones take the preset's value.
 
     Attributes set by ``fit`` / ``load``: ``user_ids_``, ``item_ids_`` (raw ids, index order),
-    ``rating_scale_`` (the clip range, in the data's scale), ``offset_``, ``members_`` (seed,
-    stage, epoch per model), ``history_`` (per-member epoch records), ``metrics_`` (test
-    metrics, when a test set was given), ``fingerprint_`` (of the training ratings),
+    ``rating_scale_`` (the clip range, in the data's scale), ``offset_``, ``rating_map_`` (internal units
+    onto the model's 1..5, ``data.scaling``), ``members_`` (seed, stage, epoch per model), ``history_``
+    (per-member epoch records), ``metrics_`` (test metrics, when a test set was given),
+    ``fingerprint_`` (of the training ratings),
     ``model_`` (the trained model as a ``model_dir.SavedModel``: matrices, ids, members' weights),
     ``scorer_`` (the scoring core).
     """
@@ -241,7 +243,8 @@ class GLocalKRecommender:
         self._install(SavedModel(
             input=fit_data.train, val=val, item_ids=prep.item_ids, user_ids=prep.user_ids,
             rating_scale=prep.rating_scale, offset=prep.offset, hyperparameters=params, members=members,
-            execution=members[0].history[-1].get("path") if members[0].history else None))
+            execution=members[0].history[-1].get("path") if members[0].history else None,
+            rating_map=fit_data.rating_map))
         self._source = None
         self.metrics_ = None
         if prep.test is not None:
@@ -259,6 +262,7 @@ class GLocalKRecommender:
         self.user_ids_ = np.asarray(model.user_ids)
         self._clip = tuple(float(x) for x in model.rating_scale)  # internal units
         self.offset_ = float(model.offset)
+        self.rating_map_ = model.rating_map  # internal units -> the model's 1..5 (data.scaling)
         self.rating_scale_ = (self._clip[0] - self.offset_, self._clip[1] - self.offset_)
         self._ids = IdMap(user_ids=self.user_ids_, item_ids=self.item_ids_)
         self.members_ = [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in model.members]
@@ -396,7 +400,9 @@ class GLocalKRecommender:
         # Unknown ids get distinct negative codes so NDCG still groups by user.
         u_codes = np.where(u >= 0, u, -1 - pd.factorize(users)[0])
         i_codes = np.where(i >= 0, i, -1 - pd.factorize(items)[0])
-        out = evaluate_metrics(pred, truth[keep], u_codes[keep], i_codes[keep], self.rating_scale_)
+        # NDCG's gains on the rating scale mapped onto 1..5 (data.scaling), RMSE and MAE in the user's units.
+        gains = RatingMap.of(self.rating_scale_).to_model
+        out = evaluate_metrics(pred, truth[keep], u_codes[keep], i_codes[keep], self.rating_scale_, gains)
         out.update(n_rated=int(keep.sum()), n_skipped=int((~keep).sum()))
         return out
 

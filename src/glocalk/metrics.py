@@ -7,6 +7,8 @@ as the original code does before every metric.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -62,10 +64,17 @@ def ndcg(pred: np.ndarray, truth: np.ndarray, users: np.ndarray, items: np.ndarr
 
 
 def evaluate(pred: np.ndarray, truth: np.ndarray, users: np.ndarray, items: np.ndarray,
-             rating_scale: tuple[float, float]) -> dict[str, float]:
-    """RMSE, MAE and NDCG of predictions clipped to ``rating_scale``."""
+             rating_scale: tuple[float, float],
+             gain_units: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
+    """RMSE, MAE and NDCG of predictions clipped to ``rating_scale``.
+
+    ``gain_units`` (e.g. ``RatingMap.to_model``) converts the clipped predictions and the ratings
+    before NDCG, whose gains 2^r - 1 depend on the units; RMSE and MAE stay in the given units.
+    """
     clipped = np.clip(np.asarray(pred, dtype=np.float64), rating_scale[0], rating_scale[1])
     out = {"rmse": rmse(clipped, truth), "mae": mae(clipped, truth)}
+    if gain_units is not None:
+        clipped, truth = gain_units(clipped), gain_units(np.asarray(truth, dtype=np.float64))
     try:
         out["ndcg"] = ndcg(clipped, truth, users, items)
     except ValueError:

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.data.matrix import RatingMatrix
+from glocalk.data.scaling import RatingMap
 from glocalk.errors import CheckpointError, DataError
 from glocalk.store import load_dir, save_dir, versions
 
@@ -63,6 +64,9 @@ class SavedModel:
     estimator: dict = field(default_factory=dict)  # the estimator's constructor arguments
     execution: str | None = None  # "dense" or "sparse" maths when serving (model.json's "path")
     metrics: dict | None = None
+    rating_map: RatingMap = field(default_factory=RatingMap)
+    """The map of the internal units onto the model's 1..5 the members were trained with (model.json's
+    "rating_map"; a directory without it was trained before the map existed: the identity)."""
 
     @property
     def seen(self) -> sp.csr_matrix:
@@ -103,6 +107,7 @@ def save_model(path: str | Path, model: SavedModel, extra_files: dict[str, str] 
         "item_ids": _ids_to_json(model.item_ids), "user_ids": _ids_to_json(model.user_ids),
         "item_id_type": _id_type(model.item_ids), "user_id_type": _id_type(model.user_ids),
         "rating_scale": list(model.rating_scale), "offset": model.offset,
+        **model.rating_map.json_entry(),
         "path": model.execution,
         "members": [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in model.members],
         "history": {str(m.seed): m.history for m in model.members},
@@ -184,7 +189,7 @@ def _read(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> SavedMode
         raise CheckpointError(f"{where}: estimator and metrics must be JSON objects")
     return SavedModel(input=input_m, val=val, item_ids=item_ids, user_ids=user_ids, rating_scale=scale,
                       offset=offset, hyperparameters=params, members=members, estimator=dict(estimator),
-                      execution=execution, metrics=metrics)
+                      execution=execution, metrics=metrics, rating_map=_rating_map(meta, where))
 
 
 def _integer(obj: dict, key: str, where: Any, low: int = 0, label: str | None = None) -> int:
@@ -240,6 +245,20 @@ def _scale(meta: dict, where: Path) -> tuple[tuple[float, float], float]:
     if not 0 < lo < hi:
         raise CheckpointError(f"{where}: invalid rating scale {raw} (internal units: need 0 < min < max)")
     return (lo, hi), offset
+
+
+def _rating_map(meta: dict, where: Path) -> RatingMap:
+    """model.json's "rating_map" ({"lo", "hi"}, internal units); absent (written before it existed): identity."""
+    raw = meta.get("rating_map")
+    if raw is None:
+        return RatingMap()
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: rating_map must be an object {{\"lo\": ..., \"hi\": ...}}, got {raw!r}")
+    lo = _number(raw, "lo", where, label="rating_map.lo")
+    hi = _number(raw, "hi", where, label="rating_map.hi")
+    if not 0 < lo < hi:
+        raise CheckpointError(f"{where}: invalid rating_map {raw} (internal units: need 0 < lo < hi)")
+    return RatingMap(lo, hi)
 
 
 def _members(meta: dict, tensors: dict[str, torch.Tensor], params: dict, shape: tuple[int, int],

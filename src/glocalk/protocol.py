@@ -309,7 +309,8 @@ def ensemble_metrics(data: RatingMatrix, predictions: list[np.ndarray], selectio
     """Metrics of the mean of several models' test predictions (CSR order of ``data.test``)."""
     test = data.test.tocoo()
     mean = np.mean(predictions, axis=0)
-    out = {**evaluate(mean, test.data, test.col, test.row, data.rating_scale), "n_models": len(predictions)}
+    metrics = evaluate(mean, test.data, test.col, test.row, data.rating_scale, data.rating_map.to_model)
+    out = {**metrics, "n_models": len(predictions)}
     if selection is not None:
         out["selection"] = selection
     return out
@@ -394,6 +395,7 @@ def _experiment_header(data: RatingMatrix, params: dict, seeds: list[int], o: Ex
         "data": {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(data.train.nnz),
                  "n_test": int(data.test.nnz) if data.test is not None else 0,
                  "rating_scale": list(data.rating_scale), "fingerprint": data.fingerprint()},
+        **data.rating_map.json_entry(),
         "versions": versions(), "device": device_description(o.device, params.get("threads")),
         "command": o.command if o.command is not None else sys.argv,
     }

@@ -41,7 +41,10 @@ class Scorer:
         if self.execution == "dense" and model.input.shape[0] * model.input.shape[1] > CONV_DENSE_MAX_ENTRIES:
             # Same maths either way; a dense matrix over 1 GiB is never built from a file's say-so.
             self.execution = "sparse"
-        data = prepare_input(model.input, self.execution == "sparse", config.gk_size, "cpu")
+        # The members were trained on the input in the model's units: map it there, and scores back.
+        self.rating_map = model.rating_map
+        data = prepare_input(self.rating_map.matrix_to_model(model.input), self.execution == "sparse",
+                             config.gk_size, "cpu")
         self.factors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for m in model.members:
             net = _model_with(m.state, model.input.shape, config)
@@ -60,11 +63,12 @@ class Scorer:
             i, u = items[start: start + _CHUNK], users[start: start + _CHUNK]
             for h, w, b in self.factors:
                 out[start: start + len(i)] += np.einsum("nh,hn->n", h[i], w[:, u]) + b[u]
-        return out / len(self.factors)
+        return self.rating_map.to_user(out / len(self.factors))
 
     def user_scores(self, u: int) -> np.ndarray:
         """The members' mean score of every item for user index ``u``: (n_items,)."""
-        return np.mean([h @ w[:, u] + b[u] for h, w, b in self.factors], axis=0, dtype=np.float64)
+        return self.rating_map.to_user(np.mean([h @ w[:, u] + b[u] for h, w, b in self.factors], axis=0,
+                                               dtype=np.float64))
 
     def baseline(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
         """mu + b_item + b_user, leaving out the bias of an unknown (-1) index."""

@@ -210,7 +210,9 @@ class Trainer:
         self.path = choose_execution(data.shape, data.train.nnz, c.path)
         torch.manual_seed(c.seed)
         self.model = GLocalK(data.n_items, data.n_users, self.model_config).to(self.device)
-        self.input = prepare_input(data.train, self.path == "sparse", self.model_config.gk_size, self.device)
+        self.rating_map = data.rating_map  # the model trains on 1..5 (identity for 1..5 data: no arithmetic)
+        self.input = prepare_input(self.rating_map.matrix_to_model(data.train), self.path == "sparse",
+                                   self.model_config.gk_size, self.device)
         self.splits = {"train": _Split(data.train, self.device)}
         for name in ("val", "test"):
             m = getattr(data, name)
@@ -223,16 +225,16 @@ class Trainer:
 
     @torch.no_grad()
     def predictions(self, stage: int) -> dict[str, np.ndarray]:
-        """Unclipped predictions at each split's entries."""
+        """Unclipped predictions at each split's entries, in the matrix's units (``data.rating_map.to_user``)."""
         h, weights = self.model.hidden_representation(self.input, stage)
         out = {}
         if self.input.is_sparse:
             for name, s in self.splits.items():
-                out[name] = self.model.decode_at(h, weights, s.pattern).double().cpu().numpy()
+                out[name] = self.rating_map.to_user(self.model.decode_at(h, weights, s.pattern).double().cpu().numpy())
         else:
             dense = self.model.decode(h, weights)
             for name, s in self.splits.items():
-                out[name] = dense[s.rows_t, s.cols_t].double().cpu().numpy()
+                out[name] = self.rating_map.to_user(dense[s.rows_t, s.cols_t].double().cpu().numpy())
         return out
 
     def evaluate(self, stage: int) -> dict[str, float]:
@@ -241,7 +243,7 @@ class Trainer:
         scale = self.data.rating_scale
         row = {}
         for name, s in self.splits.items():
-            metrics = evaluate(preds[name], s.truth, s.users, s.items, scale)
+            metrics = evaluate(preds[name], s.truth, s.users, s.items, scale, self.rating_map.to_model)
             if name == "train":
                 metrics = {"rmse": metrics["rmse"]}
             row.update({f"{name}_{k}": v for k, v in metrics.items()})

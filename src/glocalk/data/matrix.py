@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from glocalk.data.sampling import random_mask
+from glocalk.data.scaling import RatingMap
 from glocalk.errors import DataError
 
 
@@ -80,6 +81,11 @@ class RatingMatrix:
         lo, hi = self.rating_scale
         if not lo < hi:
             raise DataError(f"{self.name}: rating scale must have min < max, got {self.rating_scale}")
+
+    @property
+    def rating_map(self) -> RatingMap:
+        """The affine map of ``rating_scale`` onto the model's 1..5 (``glocalk.data.scaling``)."""
+        return RatingMap.of(self.rating_scale)
 
     @property
     def n_items(self) -> int:
