@@ -6,21 +6,24 @@ and the same NDCG; predictions come back as a p + b. 1..5 data are the identity 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
 from glocalk import GLocalKRecommender
+from glocalk.cli import main
 from glocalk.data.datasets import load_dataset
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.scaling import RatingMap
-from glocalk.errors import DataError
+from glocalk.errors import CheckpointError, DataError
 from glocalk.presets import preset, split_config
-from glocalk.protocol import train_run
+from glocalk.protocol import RunOptions, train_run
 
 SHARED = Path(os.environ.get("GLOCALK_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 SMALL = dict(n_hid=20, epoch_p=2, epoch_f=3, iter_p=3, iter_f=3, threads=1, seed=1)
@@ -158,3 +161,67 @@ def test_own_data_on_a_0_to_10_scale_trains_on_the_same_model_units_as_1_to_5():
     pairs = df.head(40)
     np.testing.assert_allclose(ten.predict(pairs["user"], pairs["item"]),
                                2.5 * (plain.predict(pairs["user"], pairs["item"]) - 1), rtol=1e-3, atol=1e-4)
+
+
+# -- the command line: glocalk train --mat and glocalk fit ------------------------------------------------
+
+CLI_TINY = ["--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",
+            "--threads", "1", "--quiet"]
+
+
+def _write_mat(path: Path, df: pd.DataFrame, is_test: np.ndarray) -> None:
+    """A Monti et al. HDF5 .mat of ``df`` (users u<k>, items i<k>), MATLAB's column-major layout."""
+    users = df["user"].str[1:].astype(int).to_numpy()
+    items = df["item"].str[1:].astype(int).to_numpy()
+    m = np.zeros((users.max() + 1, items.max() + 1))
+    m[users, items] = df["rating"].to_numpy()
+    o_train, o_test = np.zeros_like(m), np.zeros_like(m)
+    o_train[users[~is_test], items[~is_test]] = 1
+    o_test[users[is_test], items[is_test]] = 1
+    with h5py.File(path, "w") as f:
+        for name, a in (("M", m), ("Otraining", o_train), ("Otest", o_test)):
+            f.create_dataset(name, data=a.T)
+
+
+def test_train_mat_on_a_1_to_100_file_reports_rmse_times_a_and_records_the_map(tmp_path):
+    df = _own_ratings(seed=4)
+    is_test = np.random.default_rng(0).random(len(df)) < 0.2
+    summaries = {}
+    for key, (a, b) in {"plain": (1.0, 0.0), "x24.75-23.75": (24.75, -23.75)}.items():  # 1..5 -> 1..100
+        _write_mat(tmp_path / f"{key}.mat", df.assign(rating=a * df["rating"] + b), is_test)
+        assert main(["train", "--mat", str(tmp_path / f"{key}.mat"), *CLI_TINY, "--seed", "3", "--val-frac", "0.2",
+                     "--out", str(tmp_path / key)]) == 0
+        summaries[key] = json.loads((tmp_path / key / "summary.json").read_text())
+    plain, scaled = summaries["plain"], summaries["x24.75-23.75"]
+    assert "rating_map" not in plain and scaled["rating_map"] == {"lo": 1.0, "hi": 100.0}
+    assert scaled["data"]["rating_scale"] == [1.0, 100.0]
+    assert scaled["val_selected"]["epoch"] == plain["val_selected"]["epoch"]
+    for protocol in ("final", "val_selected"):
+        assert scaled[protocol]["rmse"] == pytest.approx(24.75 * plain[protocol]["rmse"], rel=1e-3)
+        assert scaled[protocol]["ndcg"] == pytest.approx(plain[protocol]["ndcg"], rel=1e-6)
+
+
+def test_fit_records_the_map_in_the_users_units_in_report_json_and_model_json(tmp_path):
+    df = _own_ratings(seed=5)
+    df.assign(rating=2.5 * (df["rating"] - 1)).to_csv(tmp_path / "ten.csv", index=False)  # 0..10
+    assert main(["fit", str(tmp_path / "ten.csv"), *CLI_TINY, "--split", "random", "--out", str(tmp_path / "m")]) == 0
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    model = json.loads((tmp_path / "m" / "model.json").read_text())
+    lo, hi = 0.0, 10.0  # the training part holds both ends (each occurs dozens of times)
+    assert report["rating_map"] == {"lo": lo, "hi": hi}  # the user's units
+    assert model["offset"] == 1.0 and model["rating_map"] == {"lo": lo + 1, "hi": hi + 1}  # stored shifted by 1
+
+
+# -- resume ---------------------------------------------------------------------------------------------
+
+
+def test_a_state_trained_in_other_units_does_not_resume(tmp_path):
+    # The same training matrix with a declared scale 1..9 trains in other model units than with 1..5:
+    # its weights must not be continued under the other map.
+    train = sp.csr_matrix(np.array([[1.0, 5.0, 0.0], [2.0, 0.0, 4.0], [0.0, 3.0, 5.0]]))
+    configs = split_config({**preset("ml-100k"), **dict(n_hid=4, epoch_p=1, epoch_f=1, iter_p=1, iter_f=1,
+                                                        threads=1)})
+    train_run(RatingMatrix(train, rating_scale=(1.0, 9.0)), *configs, RunOptions(state_dir=tmp_path))
+    with pytest.raises(CheckpointError, match="rating_map"):
+        train_run(RatingMatrix(train, rating_scale=(1.0, 5.0)), *configs,
+                  RunOptions(state_dir=tmp_path, resume=True))

@@ -351,7 +351,10 @@ def training_identity(data: RatingMatrix, model_config: GLocalKConfig, train_con
     return {"model_config": model_config.to_dict(),
             "train_config": {k: v for k, v in train_config.to_dict().items() if k not in ("device", "threads")},
             "fingerprint": data.fingerprint(),
-            "val_fingerprint": None if data.val is None else _csr_digest(data.val)}
+            "val_fingerprint": None if data.val is None else _csr_digest(data.val),
+            # The units the weights are in: a state trained before the map (or on another scale) must not
+            # resume under it. None for 1..5 (the identity), which is what a state without it reads as.
+            "rating_map": data.rating_map.json_entry().get("rating_map")}
 
 
 def check_identity(meta: dict, identity: dict, source: str) -> None:
