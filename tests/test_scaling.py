@@ -50,6 +50,16 @@ def test_1_to_5_is_the_identity_and_converts_nothing():
     assert m.matrix_to_model(train) is train
 
 
+@pytest.mark.parametrize("name", ["ml-100k", "ml-1m", "douban"])
+def test_the_papers_datasets_train_unmapped(name):
+    # Their published figures cannot move: their map is the identity, so the trainer gets the very same matrix.
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED} (set GLOCALK_DATA)")
+    data = load_dataset(name, SHARED)
+    assert data.rating_scale == (1.0, 5.0) and data.rating_map.is_identity
+    assert data.rating_map.matrix_to_model(data.train) is data.train
+
+
 def test_a_single_distinct_rating_has_no_scale_and_is_a_data_error():
     with pytest.raises(DataError, match=r"min < max|single distinct rating"):
         RatingMatrix(sp.csr_matrix(np.full((3, 2), 4.0)))
@@ -207,7 +217,7 @@ def test_fit_records_the_map_in_the_users_units_in_report_json_and_model_json(tm
     assert main(["fit", str(tmp_path / "ten.csv"), *CLI_TINY, "--split", "random", "--out", str(tmp_path / "m")]) == 0
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     model = json.loads((tmp_path / "m" / "model.json").read_text())
-    lo, hi = 0.0, 10.0  # the training part holds both ends (each occurs dozens of times)
+    lo, hi = 0.0, 10.0  # the training part holds both ends (the data have 41 zeros and 17 tens)
     assert report["rating_map"] == {"lo": lo, "hi": hi}  # the user's units
     assert model["offset"] == 1.0 and model["rating_map"] == {"lo": lo + 1, "hi": hi + 1}  # stored shifted by 1
 

@@ -37,7 +37,7 @@ class RatingMatrix:
         val: (n_items, n_users) validation ratings held out of the training data, or None.
         item_ids: raw id of each item row (index -> raw id).
         user_ids: raw id of each user column.
-        rating_scale: (min, max) used to clip predictions.
+        rating_scale: (min, max) used to clip predictions, and mapped onto the model's 1..5 (``rating_map``).
         name: a label for reports.
     """
 
