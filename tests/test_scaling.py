@@ -22,6 +22,7 @@ from glocalk.data.datasets import load_dataset
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.scaling import RatingMap
 from glocalk.errors import CheckpointError, DataError
+from glocalk.metrics import evaluate
 from glocalk.presets import preset, split_config
 from glocalk.protocol import RunOptions, train_run
 
@@ -75,6 +76,20 @@ def test_a_training_rating_below_a_declared_scale_is_a_data_error_not_a_missing_
     data = RatingMatrix(sp.csr_matrix(np.array([[1.0, 5.0], [7.0, 11.0]])), rating_scale=(3.0, 11.0))
     with pytest.raises(DataError, match="below the rating scale 3..11"):
         train_run(data, *split_config({**preset("ml-100k"), **SMALL}))
+
+
+def test_test_ratings_below_the_training_scale_are_scored_and_gain_nothing_below_0():
+    # Test ratings are never stored in a mapped matrix, so one that maps to exactly 0 (here 1 on the
+    # training scale 2..6 -> 1 + 4 (1 - 2) / 4 = 0) or below (-2 -> -3) is scored, not read as missing;
+    # its NDCG gain 2^m - 1 is taken at m = max(mapped, 0): no negative gains.
+    from_metrics = evaluate(np.array([6.0, 2.0, 4.0, 3.0]), np.array([1.0, 6.0, -2.0, 4.0]),
+                            np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]), (2.0, 6.0), RatingMap(2.0, 6.0).to_model)
+    # user 0: ranked [item 0 (gain 2^0 - 1 = 0), item 1 (2^5 - 1 = 31)]; ideal [item 1, item 0]
+    ndcg0 = (0 + 31 / np.log2(3)) / 31
+    # user 1: mapped truths max(-3, 0) = 0 and 3 -> gains 0, 7; ranked by prediction 4 > 3: [item 2, item 3]
+    ndcg1 = (0 + 7 / np.log2(3)) / 7
+    assert from_metrics["ndcg"] == pytest.approx((ndcg0 + ndcg1) / 2, rel=1e-12)
+    assert from_metrics["rmse"] == pytest.approx(np.sqrt((25 + 16 + 36 + 1) / 4), rel=1e-12)
 
 
 # -- the property on ML-100K -------------------------------------------------------------------------

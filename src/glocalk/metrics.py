@@ -69,12 +69,15 @@ def evaluate(pred: np.ndarray, truth: np.ndarray, users: np.ndarray, items: np.n
     """RMSE, MAE and NDCG of predictions clipped to ``rating_scale``.
 
     ``gain_units`` (e.g. ``RatingMap.to_model``) converts the clipped predictions and the ratings
-    before NDCG, whose gains 2^r - 1 depend on the units; RMSE and MAE stay in the given units.
+    before NDCG, whose gains 2^r - 1 depend on the units (converted ratings below 0 count as 0);
+    RMSE and MAE stay in the given units.
     """
     clipped = np.clip(np.asarray(pred, dtype=np.float64), rating_scale[0], rating_scale[1])
     out = {"rmse": rmse(clipped, truth), "mae": mae(clipped, truth)}
     if gain_units is not None:
-        clipped, truth = gain_units(clipped), gain_units(np.asarray(truth, dtype=np.float64))
+        # A test rating far below the training scale maps below 0: it gains nothing, not a negative gain
+        # (1..5 data never have one, so this changes nothing there).
+        clipped, truth = gain_units(clipped), np.maximum(gain_units(np.asarray(truth, dtype=np.float64)), 0.0)
     try:
         out["ndcg"] = ndcg(clipped, truth, users, items)
     except ValueError:
