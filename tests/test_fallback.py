@@ -141,7 +141,7 @@ def test_without_a_fallback_the_model_directory_keeps_its_format(bias_data, tmp_
     assert "--fallback baseline would" in model.comparison_["warning"]
     model.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert "fallback" not in meta and "fallback" not in meta["estimator"]
+    assert "fallback" not in meta and meta["estimator"]["fallback"] == "none"
     assert not any(k.startswith("fallback.") for k in load_file(tmp_path / "m" / "weights.safetensors"))
     # GLocal-K answers: not the bias model's predictions.
     ref = _biases_on_the_same_split(model)
@@ -209,14 +209,19 @@ def test_glocalk_fit_says_that_glocalk_loses_and_records_it(csv_files, tmp_path,
     assert json.loads((out / "model.json").read_text())["fallback"]["answer"] == "biases"
 
 
-def test_glocalk_fit_prints_the_comparison_without_changing_report_json(csv_files, tmp_path, capsys):
+def test_glocalk_fit_without_fallback_still_compares_and_says_so(csv_files, tmp_path, capsys):
     code = main(["fit", str(csv_files / "train.csv"), "--val-frac", "0.2", *CLI_TINY, "--out", str(tmp_path / "a")])
     printed = capsys.readouterr().out
     assert code == 0 and "WARNING: GLocal-K loses" in printed and "--fallback baseline would" in printed
-    assert "comparison" not in json.loads((tmp_path / "a" / "report.json").read_text())
+    c = json.loads((tmp_path / "a" / "report.json").read_text())["comparison"]
+    assert c["winner_on_validation"] == "biases" and c["answer"] == "glocalk" and c["fallback"] == "none"
+    assert "test" not in c["glocalk"], "no test set: nothing on test"
+    assert "fallback" not in json.loads((tmp_path / "a" / "model.json").read_text())
     code = main(["fit", str(csv_files / "train.csv"), *CLI_TINY, "--out", str(tmp_path / "b")])
     printed = capsys.readouterr().out
     assert code == 0 and "no validation split" in printed and "--val-frac" in printed
+    c = json.loads((tmp_path / "b" / "report.json").read_text())["comparison"]
+    assert c == {"validation": False, "note": c["note"]} and "--val-frac" in c["note"]
 
 
 def test_glocalk_fit_fallback_without_validation_is_refused(csv_files, tmp_path, capsys):

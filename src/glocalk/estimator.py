@@ -488,10 +488,7 @@ class GLocalKRecommender:
         ``extra_files`` / ``owned`` names); else OutputError and nothing is touched.
         """
         self._check_fitted()
-        params = self.get_params()
-        if params["fallback"] == "none":
-            del params["fallback"]  # model.json as before issue 10 unless a fallback was asked for
-        model = replace(self.model_, estimator=params, metrics=self.metrics_)
+        model = replace(self.model_, estimator=self.get_params(), metrics=self.metrics_)
         return save_model(path, model, extra_files, owned)
 
     @classmethod

@@ -126,7 +126,7 @@ def save_model(path: str | Path, model: SavedModel, extra_files: dict[str, str] 
         "metrics": model.metrics,
         "versions": versions(),
     }
-    if model.fallback is not None:  # only then: model dirs without a fallback keep their format
+    if model.fallback is not None:  # only with fallback="baseline"
         fb = model.fallback
         meta["fallback"] = {"answer": fb.answer, **fb.info}
         tensors.update(zip(FALLBACK_TENSORS, (torch.tensor([fb.mu], dtype=torch.float64),

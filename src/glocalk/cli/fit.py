@@ -114,7 +114,7 @@ def _estimator(args: argparse.Namespace, hyperparameters: dict) -> GLocalKRecomm
     return GLocalKRecommender(
         args.preset, seed=seeds, n_ensemble=n_ensemble, val_frac=args.val_frac, patience=args.patience,
         rating_scale=tuple(args.rating_scale) if args.rating_scale else None, duplicates=args.duplicates,
-        device=args.device, fallback=args.fallback or "none", **execution(args), **hyperparameters)
+        device=args.device, fallback=args.fallback, **execution(args), **hyperparameters)
 
 
 def _print_ratings(ratings: Ratings) -> None:
@@ -126,8 +126,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     est = _estimator(args, overrides(args))
     config = FitConfig(ratings=args.ratings, out=args.out, test=args.test, split=args.split, test_frac=args.test_frac,
                        folds=args.folds, refit=not args.no_refit, split_seed=args.split_seed, force=args.force,
-                       resume=args.resume, read_options=_reader_kwargs(args), command=["glocalk", *sys.argv[1:]],
-                       record_comparison=args.fallback is not None)
+                       resume=args.resume, read_options=_reader_kwargs(args), command=["glocalk", *sys.argv[1:]])
     params = est.config()
     on_epoch, close = progress(params["epoch_p"] + params["epoch_f"], len(est.seeds()), args.quiet)
     try:
@@ -256,11 +255,11 @@ def _register_fit(sub) -> None:
     m.add_argument("--rating-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help="the rating scale predictions are clipped to; ratings outside it are an error (default: the "
                         "min and max of the training ratings)")
-    m.add_argument("--fallback", choices=["none", "baseline"], default=None,
+    m.add_argument("--fallback", choices=["none", "baseline"], default="none",
                    help="every fit with --val-frac also fits the user + item bias model on the same split and "
-                        "prints both; baseline: the saved model answers with whichever is better on the validation "
-                        "ratings (needs --val-frac); none: GLocal-K answers. Either value also records the "
-                        "comparison in MODEL_DIR/report.json (default: printed only, GLocal-K answers)")
+                        "reports both (printed, and in MODEL_DIR/report.json under comparison); baseline: the "
+                        "saved model answers with whichever is better on the validation ratings (needs "
+                        "--val-frac); none: GLocal-K answers (default)")
     _add_reader_options(p)
     add_training_run(p)
     p.set_defaults(func=cmd_fit)

@@ -15,10 +15,8 @@ anything else: a file glocalk did not write (say the ratings file) makes it an O
 before training starts, and nothing is deleted.
 
 Comparison with the bias model. Every fit with a validation split also fits the user + item bias
-model on the same split (``glocalk.comparison``); ``FitResult.comparison`` holds the record. It
-goes into report.json under "comparison" when asked for (``record_comparison``, ``glocalk fit
---fallback none|baseline``) or with ``fallback="baseline"``: report.json's keys are frozen by the
-golden outputs until they are regenerated deliberately, after which it can always be written.
+model on the same split (``glocalk.comparison``); report.json's "comparison" (and
+``FitResult.comparison``) holds the record, or says that there was no validation split.
 """
 
 from __future__ import annotations
@@ -129,8 +127,6 @@ class FitConfig:
     """Keywords of ``readers.read_ratings`` (sep, header, columns, duplicates, encoding)."""
     command: list[str] = field(default_factory=list)
     """The command line, recorded in report.json."""
-    record_comparison: bool = False
-    """Write the comparison with the bias model into report.json (always with fallback="baseline")."""
 
     def check(self) -> None:
         """ConfigError for options that do not go together (named by their ``glocalk fit`` flags)."""
@@ -191,7 +187,7 @@ def fit_and_report(estimator: Any, config: FitConfig, *, on_epoch: OnEpoch | Non
         model = estimator.fit(train, test=test, on_epoch=on_epoch, checkpoint_dir=state / "fit",
                               resume=config.resume)
     comparison = None if model is None else model.comparison_
-    if comparison is not None and (config.record_comparison or estimator.fallback == "baseline"):
+    if comparison is not None:
         report["comparison"] = comparison
     report["wall_time_s"] = time.perf_counter() - t0
     _write(out, report, model)
