@@ -4,7 +4,10 @@ Every command a user scripts against (train with and without a validation split,
 resume; fit + evaluate + predict + recommend; a two-model benchmark; a two-trial tune) runs on
 tiny files written here, and its JSON/CSV outputs must equal the committed ones in
 ``tests/golden/`` (wall times, versions, devices and temporary paths removed; floats to 1e-5
-relative). The data go in through files and the CLI only, so no module path is assumed.
+relative). New JSON keys may be added (names are contracts: kept, added to freely); every
+golden key must stay with its value. The data go in through files and the CLI only, so no module
+path is assumed. (Issue 9's restructure passed the stricter form, which also refused new keys,
+unchanged at commit 22a4b36.)
 
 Regenerate (only for an intended change of behaviour, say why in the commit):
 ``GLOCALK_REGEN_GOLDEN=1 pytest tests/test_golden.py``.
@@ -157,7 +160,8 @@ def _same(a, b, where: str) -> list[str]:
         ok = (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
         return [] if ok else [f"{where}: {a!r} != {b!r}"]
     if isinstance(a, dict) and isinstance(b, dict):
-        diffs = [f"{where}: key {k!r} only in {'golden' if k in a else 'new'}" for k in sorted(set(a) ^ set(b))]
+        # JSON keys are contracts: every golden key must still be there; new keys may be added.
+        diffs = [f"{where}: key {k!r} is gone" for k in sorted(set(a) - set(b))]
         for k in sorted(set(a) & set(b)):
             diffs += _same(a[k], b[k], f"{where}.{k}")
         return diffs

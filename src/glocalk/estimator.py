@@ -31,6 +31,11 @@ ratings' min..max. Test ratings must lie in a given scale; with a derived one th
 as they are (a test rating beyond the training range is scored against the clipped prediction).
 Metrics are computed in the user's units.
 
+Never silently worse than a bias model. With a validation split, ``fit`` also fits the user + item
+bias model (``baselines.Biases``) on the same training ratings, chooses its regularisation on the
+same validation ratings, and scores both (``comparison_``, see ``glocalk.comparison``);
+``fallback="baseline"`` makes the model answer with the one that wins on validation.
+
 The model directory format is ``glocalk.model_dir``'s.
 """
 
@@ -46,6 +51,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from glocalk.comparison import FALLBACKS, fit_bias_model, not_compared, split_metrics, summarise
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
 from glocalk.data.scaling import RatingMap
@@ -97,6 +103,8 @@ class GLocalKRecommender:
         duplicates: a repeated (user, item) pair is an "error", or keep the "last", the "first" or the "mean".
         unknown: an id not seen in training is an "error" at predict/recommend time, or gets the
             "baseline" (bias model) prediction.
+        fallback: "none" (default): GLocal-K answers; "baseline": the model answers with the better,
+            on the validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``).
         device, path, optimizer, threads: execution options of ``train.TrainConfig``.
         **hyperparameters: any ``GLocalKConfig`` field (n_hid, n_dim, n_layers, gk_size, lambda_2,
             lambda_s, dot_scale, gk_norm, local_kernel, global_kernel) and epoch_p, epoch_f,
@@ -108,14 +116,15 @@ class GLocalKRecommender:
     (per-member epoch records), ``metrics_`` (test metrics, when a test set was given),
     ``fingerprint_`` (of the training ratings),
     ``model_`` (the trained model as a ``model_dir.SavedModel``: matrices, ids, members' weights),
-    ``scorer_`` (the scoring core).
+    ``scorer_`` (the scoring core), ``comparison_`` (GLocal-K against the bias model on the same
+    split, ``glocalk.comparison``; set by ``fit`` only).
     """
 
     def __init__(self, preset: str = "ml-100k", *, seed: int | Sequence[int] = 1, n_ensemble: int | None = None,
                  val_frac: float | None = None, patience: int | None = None,
                  rating_scale: tuple[float, float] | None = None, duplicates: str = "error",
                  unknown: str = "error", device: str = "cpu", path: str = "auto", optimizer: str = "scipy",
-                 threads: int | None = None, **hyperparameters: Any) -> None:
+                 threads: int | None = None, fallback: str = "none", **hyperparameters: Any) -> None:
         self.preset = preset
         self.seed = seed
         self.n_ensemble = n_ensemble
@@ -128,6 +137,7 @@ class GLocalKRecommender:
         self.path = path
         self.optimizer = optimizer
         self.threads = threads
+        self.fallback = fallback
         bad = sorted(set(hyperparameters) - set(HYPERPARAMETER_KEYS))
         if bad:
             raise TypeError(f"unknown hyperparameter(s) {', '.join(bad)}; known: {', '.join(HYPERPARAMETER_KEYS)}")
@@ -174,6 +184,11 @@ class GLocalKRecommender:
             raise ConfigError(f"val_frac (--val-frac) must be in (0, 1), got {self.val_frac}")
         if self.patience is not None and self.val_frac is None:
             raise ConfigError("patience needs a validation split (--val-frac / val_frac)")
+        if self.fallback not in FALLBACKS:
+            raise ConfigError(f"fallback (--fallback) must be one of {FALLBACKS}, got {self.fallback!r}")
+        if self.fallback == "baseline" and self.val_frac is None:
+            raise ConfigError("--fallback baseline (fallback='baseline') chooses on validation ratings: it needs "
+                              "a validation split (--val-frac / val_frac)")
         self.seeds()
 
     def seeds(self) -> list[int]:
@@ -246,10 +261,34 @@ class GLocalKRecommender:
             execution=members[0].history[-1].get("path") if members[0].history else None,
             rating_map=fit_data.rating_map))
         self._source = None
+        self.comparison_ = self._compare(fit_data, prep.test)
         self.metrics_ = None
         if prep.test is not None:
             self.metrics_ = self._evaluate(prep.test, "skip")
         return self
+
+    def _compare(self, fit_data: RatingMatrix, test: pd.DataFrame | None) -> dict:
+        """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``);
+        with ``fallback="baseline"`` the winner on validation becomes the answer."""
+        if self.model_.val is None:
+            if self.fallback == "baseline":
+                raise ConfigError("--fallback baseline (fallback='baseline') needs a validation split "
+                                  "(--val-frac / val_frac)")
+            return not_compared()
+        fallback = fit_bias_model(replace(fit_data, rating_scale=self._clip))
+        scorers = {"glocalk": self.scorer_, "biases": self.scorer_.answering_with(fallback)}
+        figures = {}
+        for name, scorer in scorers.items():
+            figures[name] = {"val": split_metrics(scorer.scores, self.model_.val, self._clip, self.offset_)}
+            if test is not None:
+                figures[name]["test"] = self._evaluate(test, "skip", scorer)
+        record = summarise(figures["glocalk"], figures["biases"], fallback, self.fallback)
+        if self.fallback == "baseline":
+            fallback.info.update(val_rmse={name: f["val"]["rmse"] for name, f in figures.items()})
+            fallback.answer = record["answer"]
+            self.model_ = replace(self.model_, fallback=fallback)
+            self.scorer_ = scorers[record["answer"]]
+        return record
 
     def _install(self, model: SavedModel) -> None:
         """Set the fitted attributes and build the scoring core."""
@@ -305,16 +344,19 @@ class GLocalKRecommender:
         pred = self._predict_raw(users_a, items_a, policy)
         return float(pred[0]) if scalar else pred
 
-    def _predict_raw(self, users: np.ndarray, items: np.ndarray, policy: str) -> np.ndarray:
-        """Clipped predictions in the user's units; unknown ids by ``policy`` ("error" or "baseline")."""
+    def _predict_raw(self, users: np.ndarray, items: np.ndarray, policy: str, scorer: Scorer | None = None
+                     ) -> np.ndarray:
+        """Clipped predictions in the user's units; unknown ids by ``policy`` ("error" or "baseline");
+        ``scorer``: another scoring core than ``scorer_`` (the comparison's bias model)."""
+        scorer = scorer or self.scorer_
         u = self._ids.lookup(np.asarray(users), "user")
         i = self._ids.lookup(np.asarray(items), "item")
         known = (u >= 0) & (i >= 0)
         if policy == "error" and not known.all():
             raise DataError(_unknown_message(users, items, u < 0, i < 0))
         out = np.empty(len(users), dtype=np.float64)
-        out[known] = self._finite(self.scorer_.scores(i[known], u[known]), users[known], items[known])
-        out[~known] = self.scorer_.baseline(i[~known], u[~known])
+        out[known] = self._finite(scorer.scores(i[known], u[known]), users[known], items[known])
+        out[~known] = scorer.baseline(i[~known], u[~known])
         return np.clip(out, *self._clip) - self.offset_
 
     def _finite(self, scores: np.ndarray, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -387,7 +429,7 @@ class GLocalKRecommender:
             raise ConfigError(f"unknown must be 'skip', 'error' or 'baseline', got {unknown!r}")
         return self._evaluate(self._read_test(test, **read_options), unknown)
 
-    def _evaluate(self, df: pd.DataFrame, unknown: str) -> dict:
+    def _evaluate(self, df: pd.DataFrame, unknown: str, scorer: Scorer | None = None) -> dict:
         users, items = df["user"].to_numpy(), df["item"].to_numpy()
         truth = df["rating"].to_numpy(dtype=np.float64)
         u = self._ids.lookup(users, "user")
@@ -396,7 +438,7 @@ class GLocalKRecommender:
         if not keep.any():
             raise DataError(f"evaluate: none of the {len(df)} test ratings has a user and an item "
                             "known to the model")
-        pred = self._predict_raw(users[keep], items[keep], "baseline" if unknown == "skip" else unknown)
+        pred = self._predict_raw(users[keep], items[keep], "baseline" if unknown == "skip" else unknown, scorer)
         # Unknown ids get distinct negative codes so NDCG still groups by user.
         u_codes = np.where(u >= 0, u, -1 - pd.factorize(users)[0])
         i_codes = np.where(i >= 0, i, -1 - pd.factorize(items)[0])
@@ -476,10 +518,10 @@ class GLocalKRecommender:
 
 
 _EXPLICIT = ("preset", "seed", "n_ensemble", "val_frac", "patience", "rating_scale", "duplicates", "unknown",
-             "device", "path", "optimizer", "threads")
+             "device", "path", "optimizer", "threads", "fallback")
 _DEFAULTS = {"preset": "ml-100k", "seed": 1, "n_ensemble": None, "val_frac": None, "patience": None,
              "rating_scale": None, "duplicates": "error", "unknown": "error", "device": "cpu", "path": "auto",
-             "optimizer": "scipy", "threads": None}
+             "optimizer": "scipy", "threads": None, "fallback": "none"}
 
 
 # -- pair files and example data ---------------------------------------------------------------

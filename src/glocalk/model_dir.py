@@ -36,6 +36,8 @@ MODEL_KIND = "glocalk-model"
 # Hyperparameters that fix the shapes of the weights: required in model.json.
 SHAPE_KEYS = ("n_hid", "n_dim", "n_layers", "gk_size")
 EXECUTIONS = ("dense", "sparse")  # model.json's "path"
+FALLBACK_ANSWERS = ("glocalk", "biases")  # model.json's "fallback.answer"
+FALLBACK_TENSORS = ("fallback.mu", "fallback.b_item", "fallback.b_user")
 
 
 @dataclass
@@ -47,6 +49,18 @@ class Member:
     epoch: int
     state: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Fallback:
+    """``fallback="baseline"``'s choice, made on the validation ratings: the model that answers
+    ("glocalk" or "biases") and the validation-chosen bias model (internal units)."""
+
+    answer: str
+    mu: float
+    b_item: np.ndarray  # (n_items,)
+    b_user: np.ndarray  # (n_users,)
+    info: dict = field(default_factory=dict)  # the regularisation chosen, both validation RMSEs
 
 
 @dataclass
@@ -64,6 +78,7 @@ class SavedModel:
     estimator: dict = field(default_factory=dict)  # the estimator's constructor arguments
     execution: str | None = None  # "dense" or "sparse" maths when serving (model.json's "path")
     metrics: dict | None = None
+    fallback: Fallback | None = None  # None: GLocal-K answers (no fallback was asked for)
     rating_map: RatingMap = field(default_factory=RatingMap)
     """The map of the internal units onto the model's 1..5 the members were trained with (model.json's
     "rating_map"; a directory without it was trained before the map existed: the identity)."""
@@ -116,6 +131,13 @@ def save_model(path: str | Path, model: SavedModel, extra_files: dict[str, str] 
         "metrics": model.metrics,
         "versions": versions(),
     }
+    if model.fallback is not None:  # only with fallback="baseline"
+        fb = model.fallback
+        meta["fallback"] = {"answer": fb.answer, **fb.info}
+        tensors.update(zip(FALLBACK_TENSORS, (torch.tensor([fb.mu], dtype=torch.float64),
+                                              torch.from_numpy(np.asarray(fb.b_item, dtype=np.float64)),
+                                              torch.from_numpy(np.asarray(fb.b_user, dtype=np.float64))),
+                           strict=True))
     return save_dir(path, tensors, meta, extra_files, owned)
 
 
@@ -189,7 +211,29 @@ def _read(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> SavedMode
         raise CheckpointError(f"{where}: estimator and metrics must be JSON objects")
     return SavedModel(input=input_m, val=val, item_ids=item_ids, user_ids=user_ids, rating_scale=scale,
                       offset=offset, hyperparameters=params, members=members, estimator=dict(estimator),
-                      execution=execution, metrics=metrics, rating_map=_rating_map(meta, where))
+                      execution=execution, metrics=metrics,
+                      fallback=_fallback(meta, tensors, (n_items, n_users), path),
+                      rating_map=_rating_map(meta, where))
+
+
+def _fallback(meta: dict, tensors: dict[str, torch.Tensor], shape: tuple[int, int], path: Path) -> Fallback | None:
+    """model.json's "fallback" with its tensors, checked; None for a model without one (all before issue 10)."""
+    if "fallback" not in meta:
+        return None
+    where, weights = path / "model.json", path / "weights.safetensors"
+    info = meta["fallback"]
+    if not isinstance(info, dict) or info.get("answer") not in FALLBACK_ANSWERS:
+        raise CheckpointError(f"{where}: fallback must be a JSON object whose answer is one of {FALLBACK_ANSWERS}")
+    missing = [name for name in FALLBACK_TENSORS if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{weights}: the fallback's bias model is missing ({', '.join(missing)})")
+    mu, b_item, b_user = (tensors[name].double().numpy() for name in FALLBACK_TENSORS)
+    if mu.shape != (1,) or b_item.shape != (shape[0],) or b_user.shape != (shape[1],):
+        raise CheckpointError(f"{weights}: the fallback's bias model does not fit a {shape[0]} x {shape[1]} model")
+    if not all(np.isfinite(a).all() for a in (mu, b_item, b_user)):
+        raise CheckpointError(f"{weights}: the fallback's bias model holds NaN or infinite values")
+    rest = {k: v for k, v in info.items() if k != "answer"}
+    return Fallback(info["answer"], float(mu[0]), b_item, b_user, rest)
 
 
 def _integer(obj: dict, key: str, where: Any, low: int = 0, label: str | None = None) -> int:

@@ -8,6 +8,7 @@ effective weights (n_hid, n_users) and bias (n_users), so a score is H[i] . (W*K
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from glocalk.baselines import entries, fit_biases
 from glocalk.errors import CheckpointError, ConfigError
 from glocalk.inputs import CONV_DENSE_MAX_ENTRIES, choose_execution, prepare_input
 from glocalk.model import GLocalK, GLocalKConfig
-from glocalk.model_dir import SavedModel
+from glocalk.model_dir import Fallback, SavedModel
 from glocalk.presets import split_config
 
 # The unknown-id fallback: baselines.Biases without a validation split (its default_reg, sweeps).
@@ -31,7 +32,9 @@ class Scorer:
 
     Built once from a ``model_dir.SavedModel``: each member becomes (H, W*K, b) on the CPU (so
     save -> load scores identically), and a regularised bias model of all training ratings is
-    the fallback for unknown ids (``baseline``; index -1 marks an unknown id there).
+    the fallback for unknown ids (``baseline``; index -1 marks an unknown id there). When the
+    model's ``fallback`` chose the bias model (``answer == "biases"``), that validation-chosen bias
+    model answers everything: ``scores``, ``user_scores`` and the unknown-id ``baseline``.
     """
 
     def __init__(self, model: SavedModel) -> None:
@@ -55,9 +58,24 @@ class Scorer:
         items, users, ratings = entries(seen)
         self.mu, self.b_item, self.b_user = fit_biases(items, users, ratings, seen.shape,
                                                        (BASELINE_REG, BASELINE_REG), BASELINE_SWEEPS)
+        self.biases_answer = False
+        if model.fallback is not None and model.fallback.answer == "biases":
+            self._use_biases(model.fallback)
+
+    def _use_biases(self, fallback: Fallback) -> None:
+        self.biases_answer = True
+        self.mu, self.b_item, self.b_user = fallback.mu, fallback.b_item, fallback.b_user
+
+    def answering_with(self, fallback: Fallback) -> Scorer:
+        """A copy of this scorer whose answers are ``fallback``'s bias model (the members are shared)."""
+        other = copy.copy(self)
+        other._use_biases(fallback)
+        return other
 
     def scores(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
         """The members' mean score at each (item, user) index pair: (n_pairs,)."""
+        if self.biases_answer:
+            return self.baseline(items, users)
         out = np.zeros(len(items), dtype=np.float64)
         for start in range(0, len(items), _CHUNK):
             i, u = items[start: start + _CHUNK], users[start: start + _CHUNK]
@@ -67,6 +85,8 @@ class Scorer:
 
     def user_scores(self, u: int) -> np.ndarray:
         """The members' mean score of every item for user index ``u``: (n_items,)."""
+        if self.biases_answer:
+            return self.mu + self.b_item + self.b_user[u]
         return self.rating_map.to_user(np.mean([h @ w[:, u] + b[u] for h, w, b in self.factors], axis=0,
                                                dtype=np.float64))
 

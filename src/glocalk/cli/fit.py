@@ -114,7 +114,7 @@ def _estimator(args: argparse.Namespace, hyperparameters: dict) -> GLocalKRecomm
     return GLocalKRecommender(
         args.preset, seed=seeds, n_ensemble=n_ensemble, val_frac=args.val_frac, patience=args.patience,
         rating_scale=tuple(args.rating_scale) if args.rating_scale else None, duplicates=args.duplicates,
-        device=args.device, **execution(args), **hyperparameters)
+        device=args.device, fallback=args.fallback, **execution(args), **hyperparameters)
 
 
 def _print_ratings(ratings: Ratings) -> None:
@@ -133,11 +133,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
         result = fit_and_report(est, config, on_epoch=on_epoch, on_ratings=None if args.quiet else _print_ratings)
     finally:
         close()
-    _print_fit(result.report, result.out, result.model is not None)
+    _print_fit(result.report, result.out, result.model is not None, result.comparison)
     return 0
 
 
-def _print_fit(report: dict, out: Path, saved: bool) -> None:
+def _comparison_lines(comparison: dict) -> list[str]:
+    """The comparison with the bias model, as printed by ``glocalk fit``."""
+    if not comparison["validation"]:
+        return [f"note: {comparison['note']}"]
+    lines = ["GLocal-K vs the user + item bias model (same split; chosen on validation only):"]
+    for name, label in (("glocalk", "GLocal-K"), ("biases", "biases")):
+        figures = comparison[name]
+        text = f"  {label:<8} validation {_fmt_metrics(figures['val'])}"
+        if "test" in figures:
+            text += f"; test RMSE {figures['test']['rmse']:.4f}"
+        lines.append(text)
+    if "warning" in comparison:
+        lines.append(f"WARNING: {comparison['warning']}")
+    else:
+        lines.append("GLocal-K beats the bias model on validation")
+    return lines
+
+
+def _print_fit(report: dict, out: Path, saved: bool, comparison: dict | None = None) -> None:
     lines = []
     cv = report.get("cross_validation")
     if cv:
@@ -149,6 +167,8 @@ def _print_fit(report: dict, out: Path, saved: bool) -> None:
     if report.get("members"):
         sel = ", ".join(f"seed {m['seed']}: epoch {m['epoch']} (stage {m['stage']})" for m in report["members"])
         lines.append(f"model: {sel}" + (" -- an ensemble, predictions averaged" if report["ensemble"] else ""))
+    if comparison is not None:
+        lines += _comparison_lines(comparison)
     lines.append(f"written: {out}/" + (" (model and report.json)" if saved else REPORT))
     print("\n".join(lines))
 
@@ -235,6 +255,11 @@ def _register_fit(sub) -> None:
     m.add_argument("--rating-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help="the rating scale predictions are clipped to; ratings outside it are an error (default: the "
                         "min and max of the training ratings)")
+    m.add_argument("--fallback", choices=["none", "baseline"], default="none",
+                   help="every fit with --val-frac also fits the user + item bias model on the same split and "
+                        "reports both (printed, and in MODEL_DIR/report.json under comparison); baseline: the "
+                        "saved model answers with whichever is better on the validation ratings (needs "
+                        "--val-frac); none: GLocal-K answers (default)")
     _add_reader_options(p)
     add_training_run(p)
     p.set_defaults(func=cmd_fit)

@@ -13,6 +13,10 @@ Output folder. ``OUT`` holds the model (``model.json``, ``weights.safetensors``)
 deleted once ``OUT`` is written. ``force`` replaces a model directory, never a folder holding
 anything else: a file glocalk did not write (say the ratings file) makes it an OutputError
 before training starts, and nothing is deleted.
+
+Comparison with the bias model. Every fit with a validation split also fits the user + item bias
+model on the same split (``glocalk.comparison``); report.json's "comparison" (and
+``FitResult.comparison``) holds the record, or says that there was no validation split.
 """
 
 from __future__ import annotations
@@ -146,6 +150,8 @@ class FitResult:
     report: dict
     model: Any
     out: Path
+    comparison: dict | None = None
+    """GLocal-K against the bias model on the same split (``glocalk.comparison``); None without a model."""
 
 
 def fit_and_report(estimator: Any, config: FitConfig, *, on_epoch: OnEpoch | None = None,
@@ -180,10 +186,13 @@ def fit_and_report(estimator: Any, config: FitConfig, *, on_epoch: OnEpoch | Non
         train, test = _evaluation_data(estimator, ratings, config, split_seed, report)
         model = estimator.fit(train, test=test, on_epoch=on_epoch, checkpoint_dir=state / "fit",
                               resume=config.resume)
+    comparison = None if model is None else model.comparison_
+    if comparison is not None:
+        report["comparison"] = comparison
     report["wall_time_s"] = time.perf_counter() - t0
     _write(out, report, model)
     remove_dir(state, STATE_DIRS, "training state folder")
-    return FitResult(report, model, out)
+    return FitResult(report, model, out, comparison)
 
 
 def _prepare_out(out: Path, state: Path, config: FitConfig) -> None:

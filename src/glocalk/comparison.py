@@ -1,0 +1,82 @@
+"""Never silently worse than a bias model: GLocal-K against ``baselines.Biases`` on the same split.
+
+Every fit with a validation split also fits the user + item bias model on the SAME training
+ratings, its regularisation chosen on the SAME validation ratings, and both are scored on the
+validation ratings (and on the test ratings, when there are any) through the same clipping and
+units. Only validation decides anything (``winner_on_validation``, the ``fallback="baseline"``
+answer); test figures are reported, never used. Without a validation split there is nothing
+honest to compare on: the record says so and nothing is compared on test.
+
+The record (the estimator's ``comparison_``; report.json's "comparison")::
+
+    {"validation": true, "glocalk": {"val": {rmse, mae, ndcg}, "test": {...}},
+     "biases": {"val": ..., "test": ..., "reg_item": .., "reg_user": .., "sweep": ..},
+     "winner_on_validation": "glocalk" | "biases", "warning": "..." (only when GLocal-K loses),
+     "fallback": "none" | "baseline", "answer": "glocalk" | "biases"}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from glocalk.baselines import Biases, entries
+from glocalk.data.matrix import RatingMatrix
+from glocalk.metrics import evaluate
+from glocalk.model_dir import Fallback
+
+FALLBACKS = ("none", "baseline")
+NO_VALIDATION = ("no validation split: GLocal-K was not compared with the user + item bias model (a test set "
+                 "never chooses anything); add --val-frac (val_frac in Python) to compare them and to allow "
+                 "--fallback baseline")
+
+# Scores at (item index, user index) pairs, unclipped, internal units.
+Scores = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def fit_bias_model(data: RatingMatrix) -> Fallback:
+    """``baselines.Biases`` on ``data.train``, its regularisation and sweep chosen on ``data.val``,
+    as a ``Fallback`` answering with it (internal units)."""
+    biases = Biases()
+    biases.fit(RatingMatrix(data.train, val=data.val, rating_scale=data.rating_scale))
+    info = {"reg_item": float(biases.info["reg_item"]), "reg_user": float(biases.info["reg_user"]),
+            "sweep": int(biases.selected["epoch"])}
+    return Fallback("biases", float(biases.mu), np.asarray(biases.b_item, dtype=np.float64),
+                    np.asarray(biases.b_user, dtype=np.float64), info)
+
+
+def split_metrics(scores: Scores, ratings: sp.csr_matrix, clip: tuple[float, float], offset: float) -> dict:
+    """RMSE, MAE and NDCG of ``scores`` on the entries of ``ratings`` (internal units), clipped to
+    ``clip`` and computed in the user's units (NDCG's gains are not shift-invariant)."""
+    items, users, truth = entries(ratings)
+    pred = np.clip(scores(items, users), *clip) - offset
+    out = evaluate(pred, truth - offset, users, items, (clip[0] - offset, clip[1] - offset))
+    out["n_rated"] = len(truth)
+    return out
+
+
+def summarise(glocalk: dict, biases: dict, fallback: Fallback, policy: str) -> dict:
+    """The comparison record from both models' metrics ({"val": ..., "test": ...}); the winner and
+    the answer are chosen on validation RMSE only (a tie keeps GLocal-K)."""
+    winner = "biases" if biases["val"]["rmse"] < glocalk["val"]["rmse"] else "glocalk"
+    out = {"validation": True, "glocalk": glocalk, "biases": {**biases, **fallback.info},
+           "winner_on_validation": winner, "fallback": policy,
+           "answer": winner if policy == "baseline" else "glocalk"}
+    if winner == "biases":
+        out["warning"] = loses_message(out)
+    return out
+
+
+def loses_message(record: dict) -> str:
+    """The plain sentence a fit prints when GLocal-K loses to the bias model on validation."""
+    g, b = record["glocalk"]["val"]["rmse"], record["biases"]["val"]["rmse"]
+    then = ("the saved model answers with the bias model (--fallback baseline)" if record["answer"] == "biases"
+            else "the saved model still answers with GLocal-K; --fallback baseline would answer with the bias model")
+    return (f"GLocal-K loses to the user + item bias model on validation: RMSE {g:.4f} vs {b:.4f}; {then}")
+
+
+def not_compared() -> dict:
+    """The record of a fit without a validation split."""
+    return {"validation": False, "note": NO_VALIDATION}
