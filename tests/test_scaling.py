@@ -44,7 +44,7 @@ def test_the_map_sends_the_scale_onto_1_to_5_and_back():
 
 def test_1_to_5_is_the_identity_and_converts_nothing():
     m = RatingMap.of((1, 5))
-    assert m.is_identity and m.json_entry() == {}
+    assert m.is_identity and m.json_entry() == {"rating_map": {"lo": 1.0, "hi": 5.0}}
     x = np.array([0.3, 2.0, 7.0], dtype=np.float32)
     assert m.to_model(x) is x and m.to_user(x) is x  # not even a copy: bit for bit what it was
     train = sp.random(6, 5, density=0.5, format="csr", random_state=0, dtype=np.float32)
@@ -218,7 +218,7 @@ def test_train_mat_on_a_1_to_100_file_reports_rmse_times_a_and_records_the_map(t
                      "--out", str(tmp_path / key)]) == 0
         summaries[key] = json.loads((tmp_path / key / "summary.json").read_text())
     plain, scaled = summaries["plain"], summaries["x24.75-23.75"]
-    assert "rating_map" not in plain and scaled["rating_map"] == {"lo": 1.0, "hi": 100.0}
+    assert plain["rating_map"] == {"lo": 1.0, "hi": 5.0} and scaled["rating_map"] == {"lo": 1.0, "hi": 100.0}
     assert scaled["data"]["rating_scale"] == [1.0, 100.0]
     assert scaled["val_selected"]["epoch"] == plain["val_selected"]["epoch"]
     for protocol in ("final", "val_selected"):

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from glocalk.baselines import Biases, entries
 from glocalk.data.matrix import RatingMatrix
+from glocalk.data.scaling import RatingMap
 from glocalk.metrics import evaluate
 from glocalk.model_dir import Fallback
 
@@ -49,10 +50,11 @@ def fit_bias_model(data: RatingMatrix) -> Fallback:
 
 def split_metrics(scores: Scores, ratings: sp.csr_matrix, clip: tuple[float, float], offset: float) -> dict:
     """RMSE, MAE and NDCG of ``scores`` on the entries of ``ratings`` (internal units), clipped to
-    ``clip`` and computed in the user's units (NDCG's gains are not shift-invariant)."""
+    ``clip``; RMSE and MAE in the user's units, NDCG's gains on the scale mapped onto 1..5 (data.scaling)."""
     items, users, truth = entries(ratings)
     pred = np.clip(scores(items, users), *clip) - offset
-    out = evaluate(pred, truth - offset, users, items, (clip[0] - offset, clip[1] - offset))
+    scale = (clip[0] - offset, clip[1] - offset)
+    out = evaluate(pred, truth - offset, users, items, scale, RatingMap.of(scale).to_model)
     out["n_rated"] = len(truth)
     return out
 

@@ -354,7 +354,7 @@ def training_identity(data: RatingMatrix, model_config: GLocalKConfig, train_con
             "val_fingerprint": None if data.val is None else _csr_digest(data.val),
             # The units the weights are in: a state trained before the map (or on another scale) must not
             # resume under it. None for 1..5 (the identity), which is what a state without it reads as.
-            "rating_map": data.rating_map.json_entry().get("rating_map")}
+            "rating_map": None if data.rating_map.is_identity else data.rating_map.to_json()}
 
 
 def check_identity(meta: dict, identity: dict, source: str) -> None:

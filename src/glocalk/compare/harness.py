@@ -389,7 +389,7 @@ def _header_extra(data: RatingMatrix, key: str | None, params: dict, models: lis
             "data": {"name": data.name, "n_users": data.n_users, "n_items": data.n_items,
                      "n_train": int(data.train.nnz), "n_test": int(data.test.nnz),
                      "rating_scale": list(data.rating_scale)},
-            **data.rating_map.json_entry(),  # the scale mapped onto the model's 1..5 (none for 1..5)
+            **data.rating_map.json_entry(),  # the scale mapped onto the model's 1..5
             "paper": PAPER_RESULTS.get(key or ""), "versions": versions(),
             "device_description": device_description(c.device, params.get("threads")),
             "command": c.command if c.command is not None else sys.argv}

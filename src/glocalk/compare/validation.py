@@ -235,7 +235,7 @@ def _write(out: Path, report: dict, model: Any) -> None:
     """The model directory with report.json, or report.json alone; atomically, replacing only our files."""
     if model is not None:
         report.update(metrics=model.metrics_, members=model.members_, fingerprint=model.fingerprint_)
-        # The scale mapped onto the model's 1..5 (none for 1..5), in the user's units (model.json: internal).
+        # The scale mapped onto the model's 1..5, in the user's units (model.json: internal).
         report.update(model.rating_map_.json_entry(shift=model.offset_))
     text = json.dumps(report, indent=2, default=json_default) + "\n"
     if model is not None:

@@ -101,10 +101,7 @@ class RatingMap:
         return {"lo": self.lo, "hi": self.hi}
 
     def json_entry(self, shift: float = 0.0) -> dict[str, dict[str, float]]:
-        """``{"rating_map": {"lo": lo - shift, "hi": hi - shift}}``, or ``{}`` for the identity.
-
-        The identity is not written, so the outputs of 1..5 data keep exactly their keys (and a file
-        without the entry, such as one written before the map existed, reads as the identity).
-        ``shift``: an offset to remove, to record the map in the user's units.
-        """
-        return {} if self.is_identity else {"rating_map": {"lo": self.lo - shift, "hi": self.hi - shift}}
+        """``{"rating_map": {"lo": lo - shift, "hi": hi - shift}}``: the entry summary.json, results.json,
+        report.json and model.json carry (a model.json without it was written before the map: identity).
+        ``shift``: an offset to remove, to record the map in the user's units."""
+        return {"rating_map": {"lo": self.lo - shift, "hi": self.hi - shift}}
