@@ -24,7 +24,7 @@ from glocalk.compare.harness import BenchmarkConfig, run_benchmark
 from glocalk.data.datasets import load_dataset
 from glocalk.data.matrix import RatingMatrix
 
-VARIANTS = {"x20+5": (20.0, 5.0), "half": (0.5, 0.0)}
+VARIANTS = {"1..5": (1.0, 0.0), "x20+5": (20.0, 5.0), "half": (0.5, 0.0)}
 
 
 def rescaled(data: RatingMatrix, factor: float, shift: float, name: str) -> RatingMatrix:
@@ -46,11 +46,13 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, nargs="+", default=[1])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--out", default="docs/benchmarks/rescaled")
     args = p.parse_args()
     base = load_dataset("ml-100k", data_dir=args.data_dir)
     rows = []
-    for name, (factor, shift) in VARIANTS.items():
+    for name in args.variants:
+        factor, shift = VARIANTS[name]
         data = rescaled(base, factor, shift, f"ml-100k {name}")
         out = Path(args.out) / name
         res = run_benchmark(data, BenchmarkConfig(models=["biases", "glocalk"], seeds=args.seed, val_frac=0.05,
