@@ -40,7 +40,7 @@ LONG_FUNCTIONS = {
 MANY_PARAMETERS = {
     # Kept on purpose: scikit-learn's estimator contract (get_params / set_params / clone) needs every
     # constructor argument as a named keyword, and model.json's "estimator" entry stores them by name.
-    "glocalk/estimator.py::GLocalKRecommender.__init__": 13,  # + fallback (issue 10)
+    "glocalk/estimator.py::GLocalKRecommender.__init__": 14,  # + fallback, budget (issue 10)
 }
 # Imports inside functions of modules that are not optional dependencies (code_stats.OPTIONAL may be).
 INNER_IMPORTS = set()

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from glocalk.autoconfig import AUTO, SearchResult, base_params, check_budget, search
 from glocalk.comparison import FALLBACKS, fit_bias_model, not_compared, split_metrics, summarise
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
@@ -59,7 +60,7 @@ from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingErro
 from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.model_dir import Member, SavedModel, fingerprint, load_model, save_model
 from glocalk.presets import MODEL_KEYS, preset, split_config
-from glocalk.protocol import RunOptions, train_run
+from glocalk.protocol import RunOptions, RunRecord, train_run
 from glocalk.scoring import Scorer, check_weights
 
 UNKNOWN_POLICIES = ("error", "baseline")
@@ -91,7 +92,10 @@ class GLocalKRecommender:
     """GLocal-K as an estimator: hyperparameters at construction, ``fit``, ``predict``, ``recommend``.
 
     Args:
-        preset: the paper preset whose hyperparameters are the defaults ("ml-100k", "ml-1m", "douban").
+        preset: the paper preset whose hyperparameters are the defaults ("ml-100k", "ml-1m", "douban"),
+            or "auto": a budgeted search on the validation ratings (``glocalk.autoconfig``; needs ``val_frac``)
+            whose first candidate is ml-100k's preset; its record is ``auto_``.
+        budget: with preset "auto", start no new candidate after this many minutes (default 10).
         seed: a seed (default 1, as ``glocalk fit``), or a sequence of seeds: one model per seed,
             predictions averaged (an ensemble).
         n_ensemble: train this many models with seeds ``seed, seed+1, ...`` (``seed`` must be an int).
@@ -124,8 +128,10 @@ class GLocalKRecommender:
                  val_frac: float | None = None, patience: int | None = None,
                  rating_scale: tuple[float, float] | None = None, duplicates: str = "error",
                  unknown: str = "error", device: str = "cpu", path: str = "auto", optimizer: str = "scipy",
-                 threads: int | None = None, fallback: str = "none", **hyperparameters: Any) -> None:
+                 threads: int | None = None, fallback: str = "none", budget: float | None = None,
+                 **hyperparameters: Any) -> None:
         self.preset = preset
+        self.budget = budget
         self.seed = seed
         self.n_ensemble = n_ensemble
         self.val_frac = val_frac
@@ -175,7 +181,15 @@ class GLocalKRecommender:
         return f"GLocalKRecommender({args})"
 
     def _check_params(self) -> None:
-        preset(self.preset)  # KeyError naming the known presets
+        if self.preset == AUTO:
+            check_budget(self.budget)
+            if self.val_frac is None:
+                raise ConfigError("preset 'auto' (--preset auto) chooses on validation ratings: it needs a "
+                                  "validation split (--val-frac / val_frac)")
+        elif self.budget is not None:
+            raise ConfigError("budget (--budget) applies to preset 'auto' (--preset auto) only")
+        else:
+            preset(self.preset)  # ConfigError naming the known presets
         if self.unknown not in UNKNOWN_POLICIES:
             raise ConfigError(f"unknown must be one of {UNKNOWN_POLICIES}, got {self.unknown!r}")
         if self.duplicates not in DUPLICATE_POLICIES:
@@ -209,7 +223,7 @@ class GLocalKRecommender:
 
     def config(self) -> dict:
         """The flat hyperparameters a model is trained with (the preset, then the overrides)."""
-        params = preset(self.preset)
+        params = base_params() if self.preset == AUTO else preset(self.preset)
         params.update(self.hyperparameters)
         params.update(device=self.device, path=self.path, optimizer=self.optimizer, patience=self.patience,
                       threads=self.threads)
@@ -250,9 +264,15 @@ class GLocalKRecommender:
         if self.patience is not None and fit_data.val is None:
             raise ConfigError("patience needs a validation split (--val-frac / val_frac)")
         members = []
+        self.auto_ = None
         for seed in self.seeds():
             member_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"seed-{seed}"
             callback = None if on_epoch is None else (lambda rec, seed=seed: on_epoch(seed, rec))
+            if self.preset == AUTO and self.auto_ is None:
+                self.auto_ = self._search(fit_data, params, seed, callback)
+                params = {k: v for k, v in self.auto_.params.items() if k != "seed"}
+                members.append(_member(self.auto_.record, seed))
+                continue
             members.append(_train_member(fit_data, params, seed, callback, member_dir, resume))
         val = fit_data.val if fit_data.val is not None and fit_data.val.nnz else None
         self._install(SavedModel(
@@ -266,6 +286,14 @@ class GLocalKRecommender:
         if prep.test is not None:
             self.metrics_ = self._evaluate(prep.test, "skip")
         return self
+
+    def _search(self, fit_data: RatingMatrix, params: dict, seed: int,
+                on_epoch: Callable[[dict], None] | None) -> SearchResult:
+        """preset "auto": the candidates, trained with the first seed on ``fit_data``'s validation split."""
+        if fit_data.val is None:
+            raise ConfigError("preset 'auto' (--preset auto) chooses on validation ratings: it needs a "
+                              "validation split (--val-frac / val_frac)")
+        return search(fit_data, {**params, "seed": seed}, set(self.hyperparameters), self.budget, on_epoch)
 
     def _compare(self, fit_data: RatingMatrix, test: pd.DataFrame | None) -> dict:
         """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``);
@@ -518,10 +546,10 @@ class GLocalKRecommender:
 
 
 _EXPLICIT = ("preset", "seed", "n_ensemble", "val_frac", "patience", "rating_scale", "duplicates", "unknown",
-             "device", "path", "optimizer", "threads", "fallback")
+             "device", "path", "optimizer", "threads", "fallback", "budget")
 _DEFAULTS = {"preset": "ml-100k", "seed": 1, "n_ensemble": None, "val_frac": None, "patience": None,
              "rating_scale": None, "duplicates": "error", "unknown": "error", "device": "cpu", "path": "auto",
-             "optimizer": "scipy", "threads": None, "fallback": "none"}
+             "optimizer": "scipy", "threads": None, "fallback": "none", "budget": None}
 
 
 # -- pair files and example data ---------------------------------------------------------------
@@ -536,6 +564,11 @@ def _train_member(data: RatingMatrix, params: dict, seed: int, on_epoch: Callabl
     model_config, train_config = split_config({**params, "seed": seed})
     record = train_run(data, model_config, train_config,
                        RunOptions(state_dir=state_dir, resume=resume, on_epoch=on_epoch))
+    return _member(record, seed)
+
+
+def _member(record: RunRecord, seed: int) -> Member:
+    """The handed-over model of a run as an ensemble member."""
     history = [{**rec, "path": record.path} for rec in record.history]
     return Member(seed, record.model.stage, record.model.epoch, record.model.state, history)
 

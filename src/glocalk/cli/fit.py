@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from glocalk.autoconfig import AUTO, DEFAULT_BUDGET_MINUTES
 from glocalk.cli.options import add_training_run, execution, overrides, progress
 from glocalk.compare.report import mean_std
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
@@ -114,7 +115,7 @@ def _estimator(args: argparse.Namespace, hyperparameters: dict) -> GLocalKRecomm
     return GLocalKRecommender(
         args.preset, seed=seeds, n_ensemble=n_ensemble, val_frac=args.val_frac, patience=args.patience,
         rating_scale=tuple(args.rating_scale) if args.rating_scale else None, duplicates=args.duplicates,
-        device=args.device, fallback=args.fallback, **execution(args), **hyperparameters)
+        device=args.device, fallback=args.fallback, budget=args.budget, **execution(args), **hyperparameters)
 
 
 def _print_ratings(ratings: Ratings) -> None:
@@ -155,6 +156,18 @@ def _comparison_lines(comparison: dict) -> list[str]:
     return lines
 
 
+def auto_lines(auto: dict) -> list[str]:
+    """The --preset auto search as printed: one row per candidate, the chosen one marked."""
+    lines = [f"--preset auto: {len(auto['candidates'])} candidates on the validation split (budget "
+             f"{auto['budget_minutes']:g} min{', reached' if auto['stopped_by_budget'] else ''}):"]
+    for k, c in enumerate(auto["candidates"]):
+        params = ", ".join(f"{key}={value:g}" for key, value in c["params"].items()) or "the preset (ml-100k)"
+        val = "failed" if c["val_rmse"] is None else f"{c['val_rmse']:.4f}"
+        mark = " <- chosen" if k == auto["chosen"] else ""
+        lines.append(f"  {k}: {params:<28} val RMSE {val}, {c['epochs']} epochs, {c['seconds']:.0f} s{mark}")
+    return lines
+
+
 def _print_fit(report: dict, out: Path, saved: bool, comparison: dict | None = None) -> None:
     lines = []
     cv = report.get("cross_validation")
@@ -167,6 +180,8 @@ def _print_fit(report: dict, out: Path, saved: bool, comparison: dict | None = N
     if report.get("members"):
         sel = ", ".join(f"seed {m['seed']}: epoch {m['epoch']} (stage {m['stage']})" for m in report["members"])
         lines.append(f"model: {sel}" + (" -- an ensemble, predictions averaged" if report["ensemble"] else ""))
+    if report.get("auto"):
+        lines += auto_lines(report["auto"])
     if comparison is not None:
         lines += _comparison_lines(comparison)
     lines.append(f"written: {out}/" + (" (model and report.json)" if saved else REPORT))
@@ -245,8 +260,14 @@ def _register_fit(sub) -> None:
                         "the final model on all ratings")
     e.add_argument("--split-seed", type=int, default=None, help="seed of the random splits (default: the first --seed)")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", choices=sorted(PRESETS), default="ml-100k",
-                   help="paper preset whose hyperparameters are the defaults (default ml-100k)")
+    m.add_argument("--preset", choices=[*sorted(PRESETS), AUTO], default="ml-100k",
+                   help="paper preset whose hyperparameters are the defaults (default ml-100k); auto: try "
+                        "ml-100k's preset, then stronger regularisation and smaller hidden layers, each on the "
+                        "same --val-frac validation split with early stopping, and keep the lowest validation "
+                        "RMSE (needs --val-frac; the test set chooses nothing; recorded in report.json)")
+    m.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                   help=f"with --preset auto: start no new candidate after MINUTES (default "
+                        f"{DEFAULT_BUDGET_MINUTES:g}); the preset is always tried")
     m.add_argument("--seed", type=int, nargs="+", default=[1],
                    help="seed of the model (default 1); several seeds need --ensemble")
     m.add_argument("--ensemble", type=int, nargs="?", const=0, default=None, metavar="N",

@@ -186,6 +186,10 @@ def fit_and_report(estimator: Any, config: FitConfig, *, on_epoch: OnEpoch | Non
         train, test = _evaluation_data(estimator, ratings, config, split_seed, report)
         model = estimator.fit(train, test=test, on_epoch=on_epoch, checkpoint_dir=state / "fit",
                               resume=config.resume)
+    auto = None if model is None else getattr(model, "auto_", None)
+    if auto is not None:  # preset "auto": the search's record, and the hyperparameters it chose
+        report["auto"] = auto.json_entry()
+        report["hyperparameters"] = model.model_.hyperparameters
     comparison = None if model is None else model.comparison_
     if comparison is not None:
         report["comparison"] = comparison
