@@ -13,7 +13,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_ratings
 
+import glocalk.data.datasets
 from glocalk.autoconfig import AUTO_PATIENCE, CANDIDATES, candidate_overrides
 from glocalk.cli.app import main
 from glocalk.errors import ConfigError
@@ -87,7 +89,10 @@ def test_the_test_set_chooses_nothing(auto_model, data):
 
 def test_a_zero_budget_trains_only_the_preset(data):
     train, _ = data
-    model = GLocalKRecommender("auto", val_frac=0.2, budget=0, n_ensemble=2, **SHORT).fit(train)
+    labels = set()
+    model = GLocalKRecommender("auto", val_frac=0.2, budget=0, n_ensemble=2, **SHORT).fit(
+        train, on_epoch=lambda label, rec: labels.add(label))
+    assert labels == {"1 (candidate 0)", 2}, "the search's epochs are labelled with the candidate"
     auto = model.auto_.json_entry()
     assert [c["params"] for c in auto["candidates"]] == [{}] and auto["stopped_by_budget"] and auto["chosen"] == 0
     assert [m["seed"] for m in model.members_] == [1, 2], "the other seeds are trained with the chosen values"
@@ -132,3 +137,31 @@ def test_glocalk_fit_preset_auto_without_validation_is_refused(data, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "--preset auto" in err and "--val-frac" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_glocalk_train_preset_auto_records_the_search_in_summary_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", lambda *a, **k: tiny_ratings(name="ml-100k"))
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "ml-100k", "--preset", "auto", "--val-frac", "0.1", "--budget", "30",
+                 "--seed", "1", "2", *CLI_SHORT, "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    auto = summary["auto"]
+    assert auto["candidates"][0]["params"] == {} and len(auto["candidates"]) == len(candidate_overrides({"n_hid"}))
+    rmses = [c["val_rmse"] for c in auto["candidates"]]
+    assert auto["chosen"] == int(np.argmin(rmses))
+    chosen = auto["candidates"][auto["chosen"]]["params"]
+    expected = {**PRESETS["ml-100k"], "n_hid": 16, "epoch_p": 2, "epoch_f": 3, "iter_p": 1, "iter_f": 1,
+                "patience": AUTO_PATIENCE, **chosen}
+    assert {k: summary["hyperparameters"][k] for k in expected} == expected
+    assert summary["seeds"] == [1, 2] and summary["complete"]
+    assert "<- chosen" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, named", [(["--preset", "auto"], "--val-frac"),
+                                          (["--budget", "3", "--val-frac", "0.1"], "--preset auto")])
+def test_glocalk_train_auto_flags_that_do_not_go_together(tmp_path, capsys, monkeypatch, args, named):
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", lambda *a, **k: tiny_ratings(name="ml-100k"))
+    code = main(["train", "--dataset", "ml-100k", *args, *CLI_SHORT, "--out", str(tmp_path / "run")])
+    assert code == 2 and named in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

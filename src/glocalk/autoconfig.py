@@ -99,12 +99,13 @@ def check_budget(budget_minutes: float | None) -> float:
 
 
 def search(data: RatingMatrix, params: dict, fixed: set[str], budget_minutes: float | None = None,
-           on_epoch: Callable[[dict], None] | None = None) -> SearchResult:
+           on_epoch: Callable[[int, dict], None] | None = None) -> SearchResult:
     """Try the candidates on ``data``'s validation split within the budget; the lowest validation RMSE wins.
 
     ``params``: the flat hyperparameters of candidate 0 (the preset with the user's overrides and
     ``seed``); ``fixed``: the keys the user gave, which the search leaves alone. Without a
     ``patience`` in ``params`` the candidates stop early after ``AUTO_PATIENCE`` epochs.
+    ``on_epoch(k, record)`` after every epoch of candidate k.
     """
     if data.val is None or not data.val.nnz:
         raise ConfigError("preset 'auto' (--preset auto) chooses on validation ratings: it needs a validation "
@@ -119,7 +120,8 @@ def search(data: RatingMatrix, params: dict, fixed: set[str], budget_minutes: fl
         if k > 0 and time.monotonic() - t0 >= budget * 60:
             stopped = True
             break
-        tried.append(_try(data, {**base, **overrides}, overrides, on_epoch))
+        callback = None if on_epoch is None else (lambda rec, k=k: on_epoch(k, rec))
+        tried.append(_try(data, {**base, **overrides}, overrides, callback))
     scored = [k for k, c in enumerate(tried) if c.val_rmse is not None]
     if not scored:
         raise TrainingError(f"preset 'auto': every candidate failed ({tried[0].error})")

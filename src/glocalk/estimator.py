@@ -241,7 +241,8 @@ class GLocalKRecommender:
                 for epoch selection instead of ``val_frac``, and whose ``test`` split is evaluated).
                 The clip range is ``rating_scale``, else the min..max of these ratings.
             test: held-out ratings in any of the same forms (not a RatingMatrix); never used in training.
-            on_epoch: called as ``on_epoch(seed, record)`` after every epoch of every member.
+            on_epoch: called as ``on_epoch(seed, record)`` after every epoch of every member (with preset
+                "auto", as ``on_epoch("SEED (candidate K)", record)`` during the search).
             checkpoint_dir: keep each member's training state here after every epoch
                 (``checkpoint_dir/seed-N``), so an interrupted fit can be resumed.
             resume: continue from the states in ``checkpoint_dir`` (same data and parameters);
@@ -269,7 +270,8 @@ class GLocalKRecommender:
             member_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"seed-{seed}"
             callback = None if on_epoch is None else (lambda rec, seed=seed: on_epoch(seed, rec))
             if self.preset == AUTO and self.auto_ is None:
-                self.auto_ = self._search(fit_data, params, seed, callback)
+                label = None if on_epoch is None else (lambda k, rec, s=seed: on_epoch(f"{s} (candidate {k})", rec))
+                self.auto_ = self._search(fit_data, params, seed, label)
                 params = {k: v for k, v in self.auto_.params.items() if k != "seed"}
                 members.append(_member(self.auto_.record, seed))
                 continue
@@ -288,7 +290,7 @@ class GLocalKRecommender:
         return self
 
     def _search(self, fit_data: RatingMatrix, params: dict, seed: int,
-                on_epoch: Callable[[dict], None] | None) -> SearchResult:
+                on_epoch: Callable[[int, dict], None] | None) -> SearchResult:
         """preset "auto": the candidates, trained with the first seed on ``fit_data``'s validation split."""
         if fit_data.val is None:
             raise ConfigError("preset 'auto' (--preset auto) chooses on validation ratings: it needs a "
@@ -540,6 +542,7 @@ class GLocalKRecommender:
             raise CheckpointError(f"{path / 'model.json'}: invalid estimator arguments: {e}") from e
         check_weights(model, path)
         est._install(model)
+        est.auto_ = None  # the search's record is in report.json
         est.metrics_ = model.metrics
         est._source = path
         return est

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from glocalk.autoconfig import AUTO, DEFAULT_BUDGET_MINUTES
-from glocalk.cli.options import add_training_run, execution, overrides, progress
+from glocalk.autoconfig import AUTO
+from glocalk.cli.options import add_budget, add_training_run, auto_lines, execution, overrides, progress
 from glocalk.compare.report import mean_std
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
 from glocalk.data.readers import Ratings, read_pairs, read_users
@@ -156,18 +156,6 @@ def _comparison_lines(comparison: dict) -> list[str]:
     return lines
 
 
-def auto_lines(auto: dict) -> list[str]:
-    """The --preset auto search as printed: one row per candidate, the chosen one marked."""
-    lines = [f"--preset auto: {len(auto['candidates'])} candidates on the validation split (budget "
-             f"{auto['budget_minutes']:g} min{', reached' if auto['stopped_by_budget'] else ''}):"]
-    for k, c in enumerate(auto["candidates"]):
-        params = ", ".join(f"{key}={value:g}" for key, value in c["params"].items()) or "the preset (ml-100k)"
-        val = "failed" if c["val_rmse"] is None else f"{c['val_rmse']:.4f}"
-        mark = " <- chosen" if k == auto["chosen"] else ""
-        lines.append(f"  {k}: {params:<28} val RMSE {val}, {c['epochs']} epochs, {c['seconds']:.0f} s{mark}")
-    return lines
-
-
 def _print_fit(report: dict, out: Path, saved: bool, comparison: dict | None = None) -> None:
     lines = []
     cv = report.get("cross_validation")
@@ -265,9 +253,7 @@ def _register_fit(sub) -> None:
                         "ml-100k's preset, then stronger regularisation and smaller hidden layers, each on the "
                         "same --val-frac validation split with early stopping, and keep the lowest validation "
                         "RMSE (needs --val-frac; the test set chooses nothing; recorded in report.json)")
-    m.add_argument("--budget", type=float, default=None, metavar="MINUTES",
-                   help=f"with --preset auto: start no new candidate after MINUTES (default "
-                        f"{DEFAULT_BUDGET_MINUTES:g}); the preset is always tried")
+    add_budget(m)
     m.add_argument("--seed", type=int, nargs="+", default=[1],
                    help="seed of the model (default 1); several seeds need --ensemble")
     m.add_argument("--ensemble", type=int, nargs="?", const=0, default=None, metavar="N",

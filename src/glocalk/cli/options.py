@@ -13,6 +13,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from glocalk.autoconfig import DEFAULT_BUDGET_MINUTES
 from glocalk.presets import PRESETS
 
 # Hyperparameters every training command accepts as overrides of a preset: (flag, key, type, help).
@@ -164,3 +165,25 @@ def _bars(total_epochs: int, stream: TextIO) -> ProgressCallbacks:
             bar.close()
 
     return on_epoch, close
+
+
+# -- --preset auto ----------------------------------------------------------------------------------
+
+
+def add_budget(group: argparse._ArgumentGroup) -> None:
+    """The ``--budget`` flag of ``--preset auto`` (fit, train)."""
+    group.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                       help=f"with --preset auto: start no new candidate after MINUTES (default "
+                            f"{DEFAULT_BUDGET_MINUTES:g}); the preset is always tried")
+
+
+def auto_lines(auto: dict) -> list[str]:
+    """The --preset auto search as printed: one row per candidate, the chosen one marked."""
+    lines = [f"--preset auto: {len(auto['candidates'])} candidates on the validation split (budget "
+             f"{auto['budget_minutes']:g} min{', reached' if auto['stopped_by_budget'] else ''}):"]
+    for k, c in enumerate(auto["candidates"]):
+        params = ", ".join(f"{key}={value:g}" for key, value in c["params"].items()) or "the preset (ml-100k)"
+        val = "failed" if c["val_rmse"] is None else f"{c['val_rmse']:.4f}"
+        mark = " <- chosen" if k == auto["chosen"] else ""
+        lines.append(f"  {k}: {params:<28} val RMSE {val}, {c['epochs']} epochs, {c['seconds']:.0f} s{mark}")
+    return lines

@@ -5,15 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from glocalk.cli.options import add_data_location, add_training_run, execution, overrides, positive_int, progress
+from glocalk.autoconfig import AUTO, SearchResult, base_params, search
+from glocalk.cli.options import (
+    add_budget,
+    add_data_location,
+    add_training_run,
+    auto_lines,
+    execution,
+    overrides,
+    positive_int,
+    progress,
+)
 from glocalk.compare.report import epoch_table, load_summary, mean_std, results_table
 from glocalk.data import datasets
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import ConfigError
 from glocalk.presets import PRESETS, preset
 from glocalk.protocol import run_experiment
+from glocalk.store import write_json_atomic
 
 SUMMARY_ROWS = {"best": "paper (best fine-tuning epoch, test)", "final": "final epoch",
                 "val_selected": "validation-selected epoch", "ensemble": "ensemble of the seeds"}
@@ -43,10 +55,10 @@ def data_and_params(args: argparse.Namespace) -> tuple[RatingMatrix, dict]:
     """The dataset named by --dataset or --mat and its hyperparameters: preset, then the flags given."""
     if args.mat:
         data = datasets.load_monti(args.mat)
-        params = preset(args.preset or "douban")
+        params = preset(args.preset or "douban") if args.preset != AUTO else base_params()
     else:
         data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
-        params = preset(args.preset or args.dataset)
+        params = preset(args.preset or args.dataset) if args.preset != AUTO else base_params()
     params.update(overrides(args))
     run = execution(args)
     params.update(path=run["path"], optimizer=run["optimizer"], patience=args.patience, threads=run["threads"])
@@ -57,19 +69,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``glocalk train``: run the seeds, write OUT/summary.json and the epoch logs, print the summary."""
     if args.patience is not None and not args.val_frac:
         raise ConfigError("--patience needs a validation split (--val-frac)")
+    _check_auto(args)
     data, params = data_and_params(args)
     out = Path(args.out or f"runs/{data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not args.quiet:
         print(data.summary(), file=sys.stderr)
     on_epoch, close = progress(params["epoch_p"] + params["epoch_f"], len(args.seed), args.quiet)
+    auto = None
     try:
+        if args.preset == AUTO:
+            auto = _search(args, data, params, on_epoch)
+            params = {k: v for k, v in auto.params.items() if k != "seed"}
         summary = run_experiment(data, params, args.seed, out, val_frac=args.val_frac, device=args.device,
                                  on_epoch=on_epoch, resume=args.resume, command=["glocalk", *sys.argv[1:]],
                                  ensemble=args.ensemble)
     finally:
         close()
+    if auto is not None:  # the search's record, next to the runs of its choice
+        summary["auto"] = auto.json_entry()
+        write_json_atomic(out / "summary.json", summary)
+        print("\n".join(auto_lines(summary["auto"])))
     print_summary(summary, out)
     return 0
+
+
+def _check_auto(args: argparse.Namespace) -> None:
+    if args.preset == AUTO and not args.val_frac:
+        raise ConfigError("--preset auto chooses on validation ratings: it needs a validation split (--val-frac)")
+    if args.budget is not None and args.preset != AUTO:
+        raise ConfigError("--budget applies to --preset auto only")
+
+
+def _search(args: argparse.Namespace, data: RatingMatrix, params: dict,
+            on_epoch: Callable[[object, dict], None]) -> SearchResult:
+    """--preset auto: the search on the first seed's validation split (its test split removed)."""
+    seed = args.seed[0]
+
+    def label(k: int, rec: dict) -> None:
+        on_epoch(f"{seed} (candidate {k})", rec)
+
+    return search(data.with_validation(args.val_frac, seed=seed), {**params, "seed": seed}, set(overrides(args)),
+                  args.budget, label)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -92,8 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", choices=sorted(PRESETS), help="a paper benchmark dataset")
     src.add_argument("--mat", help="any Monti et al. HDF5 .mat file (M, Otraining, Otest)")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="hyperparameter preset (default: the dataset's; douban's for --mat)")
+    p.add_argument("--preset", choices=[*sorted(PRESETS), AUTO],
+                   help="hyperparameter preset (default: the dataset's; douban's for --mat); auto: ml-100k's "
+                        "preset, then stronger regularisation and smaller hidden layers, chosen on the first "
+                        "seed's --val-frac validation split (needs --val-frac; recorded in summary.json)")
+    add_budget(p)
     add_data_location(p)
     p.add_argument("--seed", type=int, nargs="+", default=[1], help="one or more seeds (default 1)")
     p.add_argument("--out", default=None, help="output folder (default runs/DATASET-TIME)")
