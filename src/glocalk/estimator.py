@@ -12,13 +12,9 @@
 
 A shell around a scoring core, as Surprise's ``AlgoBase.predict`` is around each algorithm's
 ``estimate``. The shell (``GLocalKRecommender``) maps raw ids to indices, applies the unknown-id
-policy, clips to the rating scale and shifts back to the user's units. The core (``Scorer``)
-works on integer indices in the matrices' units: after ``fit`` (or ``load``) the chosen weights --
-the validation-selected epoch when ``val_frac`` is set, else the last epoch -- are reduced once
-to the last hidden layer H (n_items, n_hid) of the training matrix and the output layer's
-effective weights W * K (n_hid, n_users) and bias b (n_users). A score is then
-H[i] . (W*K)[:, u] + b[u], and a user's recommendations are one matrix-vector product over all
-items. With several seeds (an ensemble) the members' unclipped scores are averaged. A NaN or
+policy, clips to the rating scale and shifts back to the user's units; the core
+(``scoring.Scorer``) scores integer indices with the chosen weights (the validation-selected
+epoch when ``val_frac`` is set, else the last), averaging an ensemble's members. A NaN or
 infinite score is an error naming the model, never a skipped pair.
 
 Unknown ids. ``unknown="error"`` (default) raises DataError naming the id; ``"baseline"``
@@ -29,7 +25,7 @@ when both are unknown); a recommendation for an unknown user is then the item-bi
 Rating scale. Predictions are clipped to ``rating_scale`` if given, else to the training
 ratings' min..max. Test ratings must lie in a given scale; with a derived one they are taken
 as they are (a test rating beyond the training range is scored against the clipped prediction).
-Metrics are computed in the user's units.
+RMSE and MAE are in the user's units; NDCG's gains on the scale mapped onto 1..5.
 
 Never silently worse than a bias model. With a validation split, ``fit`` also fits the user + item
 bias model (``baselines.Biases``) on the same training ratings, chooses its regularisation on the
@@ -43,24 +39,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from glocalk.autoconfig import AUTO, SearchResult, base_params, check_budget, search
+from glocalk.autoconfig import AUTO, base_params, check_budget, search
 from glocalk.comparison import FALLBACKS, fit_bias_model, not_compared, split_metrics, summarise
 from glocalk.data.matrix import RatingMatrix
-from glocalk.data.readers import IdMap, read_ratings, to_rating_matrix
+from glocalk.data.readers import IdMap
 from glocalk.data.scaling import RatingMap
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
 from glocalk.metrics import evaluate as evaluate_metrics
-from glocalk.model_dir import Member, SavedModel, fingerprint, load_model, save_model
-from glocalk.presets import MODEL_KEYS, preset, split_config
-from glocalk.protocol import RunOptions, RunRecord, train_run
+from glocalk.model_dir import SavedModel, fingerprint, load_model, save_model
+from glocalk.own_data import prepare, read_test, unknown_message
+from glocalk.presets import MODEL_KEYS, preset
+from glocalk.protocol import RunOptions, member_of, train_member
 from glocalk.scoring import Scorer, check_weights
 
 UNKNOWN_POLICIES = ("error", "baseline")
@@ -69,20 +65,6 @@ DUPLICATE_POLICIES = ("error", "last", "first", "mean")
 HYPERPARAMETER_KEYS = tuple(MODEL_KEYS) + ("epoch_p", "epoch_f", "iter_p", "iter_f")
 
 OnEpoch = Callable[[int, dict], None]
-
-
-@dataclass
-class _Prepared:
-    """Training data in matrix form plus what is needed to map raw ids and ratings back."""
-
-    train: sp.csr_matrix  # (n_items, n_users), internal (offset) scale
-    item_ids: np.ndarray
-    user_ids: np.ndarray
-    rating_scale: tuple[float, float]  # internal scale
-    offset: float
-    val: sp.csr_matrix | None = None
-    test: pd.DataFrame | None = None  # user, item, rating (raw ids, the user's units)
-    name: str = "ratings"
 
 
 # -- the shell -------------------------------------------------------------------------------
@@ -249,7 +231,7 @@ class GLocalKRecommender:
                 the result equals an uninterrupted fit with the same seeds.
         """
         self._check_params()
-        prep = self._prepare(data, test)
+        prep = prepare(data, test, self.rating_scale, self.duplicates)
         params = self.config()
         full = RatingMatrix(prep.train, item_ids=prep.item_ids, user_ids=prep.user_ids,
                             rating_scale=prep.rating_scale, name=prep.name)
@@ -271,11 +253,12 @@ class GLocalKRecommender:
             callback = None if on_epoch is None else (lambda rec, seed=seed: on_epoch(seed, rec))
             if self.preset == AUTO and self.auto_ is None:
                 label = None if on_epoch is None else (lambda k, rec, s=seed: on_epoch(f"{s} (candidate {k})", rec))
-                self.auto_ = self._search(fit_data, params, seed, label)
+                self.auto_ = search(fit_data, {**params, "seed": seed}, set(self.hyperparameters), self.budget, label)
                 params = {k: v for k, v in self.auto_.params.items() if k != "seed"}
-                members.append(_member(self.auto_.record, seed))
+                members.append(member_of(self.auto_.record, seed))
                 continue
-            members.append(_train_member(fit_data, params, seed, callback, member_dir, resume))
+            members.append(train_member(fit_data, params, seed,
+                                            RunOptions(state_dir=member_dir, resume=resume, on_epoch=callback)))
         val = fit_data.val if fit_data.val is not None and fit_data.val.nnz else None
         self._install(SavedModel(
             input=fit_data.train, val=val, item_ids=prep.item_ids, user_ids=prep.user_ids,
@@ -288,14 +271,6 @@ class GLocalKRecommender:
         if prep.test is not None:
             self.metrics_ = self._evaluate(prep.test, "skip")
         return self
-
-    def _search(self, fit_data: RatingMatrix, params: dict, seed: int,
-                on_epoch: Callable[[int, dict], None] | None) -> SearchResult:
-        """preset "auto": the candidates, trained with the first seed on ``fit_data``'s validation split."""
-        if fit_data.val is None:
-            raise ConfigError("preset 'auto' (--preset auto) chooses on validation ratings: it needs a "
-                              "validation split (--val-frac / val_frac)")
-        return search(fit_data, {**params, "seed": seed}, set(self.hyperparameters), self.budget, on_epoch)
 
     def _compare(self, fit_data: RatingMatrix, test: pd.DataFrame | None) -> dict:
         """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``);
@@ -383,7 +358,7 @@ class GLocalKRecommender:
         i = self._ids.lookup(np.asarray(items), "item")
         known = (u >= 0) & (i >= 0)
         if policy == "error" and not known.all():
-            raise DataError(_unknown_message(users, items, u < 0, i < 0))
+            raise DataError(unknown_message(users, items, u < 0, i < 0))
         out = np.empty(len(users), dtype=np.float64)
         out[known] = self._finite(scorer.scores(i[known], u[known]), users[known], items[known])
         out[~known] = scorer.baseline(i[~known], u[~known])
@@ -457,7 +432,8 @@ class GLocalKRecommender:
         self._check_fitted()
         if unknown not in ("skip", *UNKNOWN_POLICIES):
             raise ConfigError(f"unknown must be 'skip', 'error' or 'baseline', got {unknown!r}")
-        return self._evaluate(self._read_test(test, **read_options), unknown)
+        options = {"duplicates": self.duplicates, **read_options}
+        return self._evaluate(read_test(test, self.rating_scale, **options), unknown)
 
     def _evaluate(self, df: pd.DataFrame, unknown: str, scorer: Scorer | None = None) -> dict:
         users, items = df["user"].to_numpy(), df["item"].to_numpy()
@@ -479,40 +455,6 @@ class GLocalKRecommender:
         return out
 
     # -- data conversion ------------------------------------------------------------------
-
-    def _prepare(self, data: Any, test: Any) -> _Prepared:
-        if isinstance(data, RatingMatrix):
-            return self._prepare_matrix(data, test)
-        if isinstance(test, RatingMatrix):
-            raise TypeError("fit: test must be a DataFrame, a path or a readers.Ratings, not a RatingMatrix")
-        ratings = read_ratings(data, rating_scale=self.rating_scale, duplicates=self.duplicates)
-        rm = to_rating_matrix(ratings)
-        prep = _Prepared(train=rm.train, item_ids=rm.item_ids, user_ids=rm.user_ids,
-                         rating_scale=tuple(rm.rating_scale), offset=float(rm.meta["offset"]), name=rm.name)
-        if test is not None:
-            prep.test = self._read_test(test)
-        return prep
-
-    def _prepare_matrix(self, data: RatingMatrix, test: Any) -> _Prepared:
-        if test is not None and data.test is not None:
-            raise ConfigError("fit: the RatingMatrix already has a test split; do not pass test as well")
-        offset = float(data.meta.get("offset", 0.0))
-        prep = _Prepared(train=data.train, item_ids=np.asarray(data.item_ids), user_ids=np.asarray(data.user_ids),
-                         rating_scale=tuple(data.rating_scale), offset=offset, val=data.val, name=data.name)
-        if data.test is not None and data.test.nnz:
-            coo = data.test.tocoo()
-            prep.test = pd.DataFrame({"user": prep.user_ids[coo.col], "item": prep.item_ids[coo.row],
-                                      "rating": coo.data.astype(np.float64) - offset})
-        elif test is not None:
-            prep.test = self._read_test(test)
-        return prep
-
-    def _read_test(self, test: Any, **read_options: Any) -> pd.DataFrame:
-        """Test ratings as user, item, rating (the user's units); outside a given ``rating_scale``: an error."""
-        options = {"duplicates": self.duplicates, **read_options}
-        r = read_ratings(test, rating_scale=self.rating_scale, **options)
-        return pd.DataFrame({"user": r.df["user"].to_numpy(), "item": r.df["item"].to_numpy(),
-                             "rating": r.df["rating"].to_numpy(dtype=np.float64)})
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -553,39 +495,3 @@ _EXPLICIT = ("preset", "seed", "n_ensemble", "val_frac", "patience", "rating_sca
 _DEFAULTS = {"preset": "ml-100k", "seed": 1, "n_ensemble": None, "val_frac": None, "patience": None,
              "rating_scale": None, "duplicates": "error", "unknown": "error", "device": "cpu", "path": "auto",
              "optimizer": "scipy", "threads": None, "fallback": "none", "budget": None}
-
-
-# -- pair files and example data ---------------------------------------------------------------
-
-
-# -- training one member ---------------------------------------------------------------------
-
-
-def _train_member(data: RatingMatrix, params: dict, seed: int, on_epoch: Callable[[dict], None] | None,
-                  state_dir: Path | None, resume: bool) -> Member:
-    """Train one seed with ``glocalk.protocol.train_run`` (its state in ``state_dir``; a finished one is reused)."""
-    model_config, train_config = split_config({**params, "seed": seed})
-    record = train_run(data, model_config, train_config,
-                       RunOptions(state_dir=state_dir, resume=resume, on_epoch=on_epoch))
-    return _member(record, seed)
-
-
-def _member(record: RunRecord, seed: int) -> Member:
-    """The handed-over model of a run as an ensemble member."""
-    history = [{**rec, "path": record.path} for rec in record.history]
-    return Member(seed, record.model.stage, record.model.epoch, record.model.state, history)
-
-
-# -- helpers -----------------------------------------------------------------------------------
-
-
-def _unknown_message(users: np.ndarray, items: np.ndarray, bad_u: np.ndarray, bad_i: np.ndarray) -> str:
-    parts = []
-    for label, ids, bad in (("user", users, bad_u), ("item", items, bad_i)):
-        if bad.any():
-            pos = np.flatnonzero(bad)
-            uniq = list(dict.fromkeys(ids[pos].tolist()))
-            example = ", ".join(repr(v) for v in uniq[:5]) + (", ..." if len(uniq) > 5 else "")
-            parts.append(f"unknown {label}{'s' if len(uniq) > 1 else ''} {example} (first at pair {pos[0] + 1})")
-    return "; ".join(parts) + (": not in the training data (--unknown baseline, in Python unknown='baseline', "
-                               "falls back to a user/item bias model)")

@@ -35,6 +35,7 @@ from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import TrainingError
 from glocalk.metrics import evaluate
 from glocalk.model import GLocalKConfig
+from glocalk.model_dir import Member
 from glocalk.presets import split_config
 from glocalk.store import device_description, load_dir, save_dir, versions, write_json_atomic
 from glocalk.train import SELECTED, TrainConfig, Trainer, check_identity, summarise, training_identity
@@ -276,6 +277,18 @@ def evaluate_state(data: RatingMatrix, model_config: GLocalKConfig, train_config
     trainer = Trainer(data, model_config, train_config)
     trainer.model.load_state_dict(handed.state)
     return trainer.evaluate(handed.stage)
+
+
+def train_member(data: RatingMatrix, params: dict, seed: int, options: RunOptions | None = None) -> Member:
+    """Train one seed of an estimator's ensemble with ``train_run`` (hyperparameters as flat ``params``)."""
+    model_config, train_config = split_config({**params, "seed": seed})
+    return member_of(train_run(data, model_config, train_config, options), seed)
+
+
+def member_of(record: RunRecord, seed: int) -> Member:
+    """The handed-over model of a run as a saved model's ensemble member."""
+    history = [{**rec, "path": record.path} for rec in record.history]
+    return Member(seed, record.model.stage, record.model.epoch, record.model.state, history)
 
 
 # -- several seeds ----------------------------------------------------------------------
