@@ -49,6 +49,7 @@ import pandas as pd
 from glocalk.autoconfig import AUTO, base_params, check_budget, search
 from glocalk.comparison import FALLBACKS, fit_bias_model, not_compared, split_metrics, summarise
 from glocalk.data.matrix import RatingMatrix
+from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.data.readers import IdMap
 from glocalk.data.scaling import RatingMap
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -60,7 +61,6 @@ from glocalk.protocol import RunOptions, member_of, train_member
 from glocalk.scoring import Scorer, check_weights
 
 UNKNOWN_POLICIES = ("error", "baseline")
-DUPLICATE_POLICIES = ("error", "last", "first", "mean")
 # Hyperparameters accepted as keywords besides the explicit constructor arguments.
 HYPERPARAMETER_KEYS = tuple(MODEL_KEYS) + ("epoch_p", "epoch_f", "iter_p", "iter_f")
 

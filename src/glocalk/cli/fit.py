@@ -17,6 +17,7 @@ from glocalk.autoconfig import AUTO
 from glocalk.cli.options import add_budget, add_training_run, auto_lines, execution, overrides, progress
 from glocalk.compare.report import mean_std
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
+from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.data.readers import Ratings, read_pairs, read_users
 from glocalk.errors import ConfigError, DataError
 from glocalk.estimator import GLocalKRecommender
@@ -61,7 +62,7 @@ def _add_reader_options(p: argparse.ArgumentParser, ratings: bool = True, title:
                        help="timestamp column, needed by --split time (default: timestamp, time, ts, date, ... or "
                             "position 3 when present)")
         g.add_argument("--no-time", action="store_true", help="ignore any timestamp column")
-        g.add_argument("--duplicates", choices=["error", "last", "first", "mean"], default="error",
+        g.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="error",
                        help="several ratings of one (user, item) pair: an error naming the lines (default), or "
                             "keep the last, the first, or their mean")
     g.add_argument("--encoding", default="utf-8", help="text encoding of the files (default utf-8)")
