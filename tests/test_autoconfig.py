@@ -13,10 +13,18 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_ratings
+from conftest import tiny_ratings, write_mat
 
 import glocalk.data.datasets
-from glocalk.autoconfig import AUTO_PATIENCE, CANDIDATES, candidate_overrides
+from glocalk.autoconfig import (
+    AUTO,
+    AUTO_PATIENCE,
+    CANDIDATES,
+    OWN_DATA_VAL_FRAC,
+    Settings,
+    candidate_overrides,
+    own_data_defaults,
+)
 from glocalk.cli.app import main
 from glocalk.errors import ConfigError
 from glocalk.estimator import GLocalKRecommender
@@ -165,3 +173,72 @@ def test_glocalk_train_auto_flags_that_do_not_go_together(tmp_path, capsys, monk
     code = main(["train", "--dataset", "ml-100k", *args, *CLI_SHORT, "--out", str(tmp_path / "run")])
     assert code == 2 and named in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# -- the own-data default (no preset): the search, a validation split, the fallback ------------------------
+
+
+def test_own_data_defaults_fill_in_only_what_no_preset_names():
+    assert own_data_defaults(None, None, None) == Settings(AUTO, OWN_DATA_VAL_FRAC, "baseline")
+    assert own_data_defaults(None, 0.25, "none") == Settings(AUTO, 0.25, "none")
+    # A named preset runs exactly as given: no validation split, no fallback unless asked.
+    assert own_data_defaults("ml-100k", None, None) == Settings("ml-100k", None, "none")
+    assert own_data_defaults("auto", 0.2, None) == Settings("auto", 0.2, "none")
+
+
+def test_the_estimators_default_searches_on_a_tenth_and_answers_with_the_better_model(data, tmp_path):
+    train, test = data
+    model = GLocalKRecommender(budget=0, **SHORT).fit(train, test=test)
+    assert model.auto_ is not None and len(model.auto_.candidates) == 1  # a zero budget: the preset only
+    # 10% of the training ratings held out for validation (seeded, rounded).
+    assert model.model_.val.nnz == round(0.1 * len(train))
+    record = model.comparison_
+    assert record["fallback"] == "baseline"
+    winner = "biases" if record["biases"]["val"]["rmse"] < record["glocalk"]["val"]["rmse"] else "glocalk"
+    assert record["answer"] == winner and model.scorer_.biases_answer == (winner == "biases")
+    # The directory records the settings as run, and reloads as them.
+    model.save(tmp_path / "m")
+    estimator = json.loads((tmp_path / "m" / "model.json").read_text())["estimator"]
+    assert (estimator["preset"], estimator["val_frac"], estimator["fallback"]) == ("auto", 0.1, "baseline")
+    loaded = GLocalKRecommender.load(tmp_path / "m")
+    assert np.array_equal(loaded.predict(test["user"], test["item"]), model.predict(test["user"], test["item"]))
+
+
+def test_glocalk_fit_without_a_preset_runs_the_own_data_default(data, tmp_path, capsys):
+    train, _ = data
+    train.to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "m"
+    assert main(["fit", str(tmp_path / "train.csv"), "--budget", "0", *CLI_SHORT, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["preset"] == "auto" and report["val_frac"] == 0.1
+    assert report["comparison"]["fallback"] == "baseline" and len(report["auto"]["candidates"]) == 1
+    assert "GLocal-K vs the user + item bias model" in capsys.readouterr().out
+
+
+def test_glocalk_train_mat_without_a_preset_runs_the_own_data_default(tmp_path, capsys):
+    df = frame(seed=3)
+    is_test = np.random.default_rng(0).random(len(df)) < 0.15
+    write_mat(tmp_path / "own.mat", df, is_test)
+    out = tmp_path / "run"
+    assert main(["train", "--mat", str(tmp_path / "own.mat"), "--budget", "0", "--seed", "1", "2", *CLI_SHORT,
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_frac"] == 0.1 and len(summary["auto"]["candidates"]) == 1
+    comparison = summary["comparison"]
+    assert [s["seed"] for s in comparison["per_seed"]] == [1, 2]
+    # GLocal-K's side is each seed's validation-selected epoch, averaged.
+    for name, key in (("val", "val_rmse"), ("test", "rmse")):
+        expected = np.mean([run["val_selected"][key] for run in summary["runs"]])
+        assert comparison["glocalk"][name]["rmse"] == pytest.approx(expected)
+    winner = "biases" if comparison["biases"]["val"]["rmse"] < comparison["glocalk"]["val"]["rmse"] else "glocalk"
+    assert comparison["answer"] == winner and comparison["answer_test"] == comparison[winner]["test"]
+    assert "GLocal-K vs the user + item bias model" in capsys.readouterr().out
+
+
+def test_glocalk_train_on_a_paper_dataset_without_a_preset_is_the_paper_protocol(tmp_path, monkeypatch):
+    monkeypatch.setattr(glocalk.data.datasets, "load_dataset", lambda *a, **k: tiny_ratings(name="ml-100k"))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "ml-100k", *CLI_SHORT, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_frac"] is None and "auto" not in summary and "comparison" not in summary
+    assert summary["hyperparameters"]["lambda_2"] == PRESETS["ml-100k"]["lambda_2"]

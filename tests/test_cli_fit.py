@@ -22,7 +22,8 @@ from glocalk.data.readers import read_ratings
 from glocalk.data.synthetic import example_ratings
 from glocalk.estimator import GLocalKRecommender
 
-TINY = ["--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",
+TINY = ["--preset", "ml-100k",
+        "--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",
         "--threads", "1", "--quiet"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 

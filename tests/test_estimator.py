@@ -30,7 +30,7 @@ def data() -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def fitted(data) -> GLocalKRecommender:
     train, test = data
-    return GLocalKRecommender(val_frac=0.1, **TINY).fit(train, test=test)
+    return GLocalKRecommender("ml-100k", val_frac=0.1, **TINY).fit(train, test=test)
 
 
 def test_fit_dataframe_with_string_ids(fitted, data):
@@ -56,7 +56,7 @@ def test_headerless_double_colon_file(tmp_path):
     path = tmp_path / "ratings.dat"
     lines = [f"{int(u[1:])}::{int(i[1:])}::{int(r)}::{t}" for u, i, r, t in train.itertuples(index=False)]
     path.write_text("\n".join(lines) + "\n")
-    model = GLocalKRecommender(**TINY).fit(path)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(path)
     assert model.user_ids_.dtype.kind == "i" and len(model.user_ids_) == train["user"].nunique()
     # Integer ids are matched from ints and from their text.
     u, i = int(train["user"].iloc[0][1:]), int(train["item"].iloc[0][1:])
@@ -67,7 +67,7 @@ def test_parquet_file(tmp_path, data):
     train, test = data
     path = tmp_path / "ratings.parquet"
     train.to_parquet(path)
-    model = GLocalKRecommender(**TINY).fit(path, test=test)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(path, test=test)
     assert model.metrics_["n_rated"] == len(test)
 
 
@@ -79,7 +79,9 @@ def test_save_load_round_trip_identical(tmp_path, fitted, data):
     pd.testing.assert_frame_equal(loaded.recommend("u001", 5), fitted.recommend("u001", 5))
     assert list(loaded.user_ids_) == list(fitted.user_ids_) and isinstance(loaded.item_ids_[0], str)
     assert loaded.metrics_ == fitted.metrics_ and loaded.members_ == fitted.members_
-    assert loaded.get_params() == fitted.get_params()
+    # The directory records the settings as run (defaults filled in): the same settings, the same parameters.
+    assert loaded.settings() == fitted.settings()
+    assert loaded.config() == fitted.config()
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["kind"] == "glocalk-model" and meta["fingerprint"] == fitted.fingerprint_
     assert {"torch", "numpy", "glocalk"} <= set(meta["versions"]) and meta["rating_scale"] == [1.0, 5.0]
@@ -90,7 +92,7 @@ def test_round_trip_int_ids_and_offset(tmp_path):
     train, _ = example_ratings(n_users=20, n_items=25, density=0.4, seed=2)
     df = pd.DataFrame({"user": train["user"].str[1:].astype(int), "item": train["item"].str[1:].astype(int),
                        "rating": train["rating"] - 1})
-    model = GLocalKRecommender(**TINY).fit(df)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(df)
     assert model.offset_ == 1.0 and model.rating_scale_ == (0.0, 4.0)
     pred = model.predict(df["user"], df["item"])
     assert pred.min() >= 0 and pred.max() <= 4
@@ -146,16 +148,16 @@ def test_unknown_ids(fitted):
 def test_resume_equals_uninterrupted(tmp_path, data):
     train, _ = data
     params = dict(TINY, epoch_p=3, epoch_f=3, val_frac=0.1, seed=[4, 5])
-    reference = GLocalKRecommender(**params).fit(train)
+    reference = GLocalKRecommender("ml-100k", **params).fit(train)
 
     def stop_after(seed: int, rec: dict) -> None:
         if seed == 5 and rec["epoch"] == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        GLocalKRecommender(**params).fit(train, on_epoch=stop_after, checkpoint_dir=tmp_path / "state")
+        GLocalKRecommender("ml-100k", **params).fit(train, on_epoch=stop_after, checkpoint_dir=tmp_path / "state")
     epochs = []
-    resumed = GLocalKRecommender(**params).fit(train, checkpoint_dir=tmp_path / "state", resume=True,
+    resumed = GLocalKRecommender("ml-100k", **params).fit(train, checkpoint_dir=tmp_path / "state", resume=True,
                                                on_epoch=lambda s, rec: epochs.append((s, rec["epoch"])))
     assert epochs == [(5, 5), (5, 6)]  # seed 4 was finished; seed 5 continues after epoch 4
     users, items = train["user"], train["item"]
@@ -165,44 +167,44 @@ def test_resume_equals_uninterrupted(tmp_path, data):
 
 def test_resume_refuses_other_data(tmp_path, data):
     train, _ = data
-    GLocalKRecommender(**TINY).fit(train, checkpoint_dir=tmp_path / "state")
+    GLocalKRecommender("ml-100k", **TINY).fit(train, checkpoint_dir=tmp_path / "state")
     with pytest.raises(CheckpointError, match="other data or parameters"):
-        GLocalKRecommender(**TINY).fit(train.iloc[5:], checkpoint_dir=tmp_path / "state", resume=True)
+        GLocalKRecommender("ml-100k", **TINY).fit(train.iloc[5:], checkpoint_dir=tmp_path / "state", resume=True)
 
 
 def test_ensemble_averages_members(data):
     train, test = data
-    ens = GLocalKRecommender(seed=[1, 2], **TINY).fit(train)
+    ens = GLocalKRecommender("ml-100k", seed=[1, 2], **TINY).fit(train)
     assert [m["seed"] for m in ens.members_] == [1, 2]
-    singles = [GLocalKRecommender(seed=s, **TINY).fit(train) for s in (1, 2)]
+    singles = [GLocalKRecommender("ml-100k", seed=s, **TINY).fit(train) for s in (1, 2)]
     i = pd.Index(ens.item_ids_).get_indexer(test["item"])
     u = pd.Index(ens.user_ids_).get_indexer(test["user"])
     expected = np.clip(np.mean([m.scorer_.scores(i, u) for m in singles], axis=0), 1, 5)
     np.testing.assert_allclose(ens.predict(test["user"], test["item"]), expected, rtol=0, atol=1e-9)
-    assert GLocalKRecommender(seed=7, n_ensemble=3).seeds() == [7, 8, 9]
-    assert GLocalKRecommender().seeds() == [1]
+    assert GLocalKRecommender("ml-100k", seed=7, n_ensemble=3).seeds() == [7, 8, 9]
+    assert GLocalKRecommender("ml-100k").seeds() == [1]
 
 
 def test_rating_matrix_input(data):
     train, test = data
     rm = to_rating_matrix(read_ratings(train), read_ratings(test), unknown="drop")
-    model = GLocalKRecommender(**TINY).fit(rm)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(rm)
     assert model.metrics_["n_rated"] == rm.test.nnz
     assert isinstance(model.item_ids_[0], str)
 
 
 def test_params_and_clone():
-    model = GLocalKRecommender(n_hid=16, val_frac=0.2, seed=[1, 2])
+    model = GLocalKRecommender("ml-100k", n_hid=16, val_frac=0.2, seed=[1, 2])
     assert model.get_params()["n_hid"] == 16 and model.clone().get_params() == model.get_params()
     assert model.config()["lambda_2"] == 20.0  # from the ml-100k preset
     model.set_params(lambda_2=3.0)
     assert model.config()["lambda_2"] == 3.0
     with pytest.raises(TypeError, match="unknown hyperparameter"):
-        GLocalKRecommender(n_hidden=3)
+        GLocalKRecommender("ml-100k", n_hidden=3)
     with pytest.raises(ValueError, match="unknown must be one of"):
-        GLocalKRecommender(unknown="guess")
+        GLocalKRecommender("ml-100k", unknown="guess")
     with pytest.raises(ValueError, match="patience needs a validation split"):
-        GLocalKRecommender(patience=3)
+        GLocalKRecommender("ml-100k", patience=3)
     with pytest.raises(RuntimeError, match="not fitted"):
         model.predict("a", "b")
 
@@ -214,20 +216,20 @@ def test_empty_file(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("")
     with pytest.raises(DataError, match=r"empty\.csv.*empty"):
-        GLocalKRecommender(**TINY).fit(path)
+        GLocalKRecommender("ml-100k", **TINY).fit(path)
     path.write_text("user,item,rating\n")
     with pytest.raises(DataError, match=r"empty\.csv.*no data rows"):
-        GLocalKRecommender(**TINY).fit(path)
+        GLocalKRecommender("ml-100k", **TINY).fit(path)
 
 
 def test_missing_or_misnamed_columns(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("user,film,rating\na,x,3\nb,y,4\n")
     with pytest.raises(DataError, match=r"r\.csv.*no item column.*available columns: 'user', 'film', 'rating'"):
-        GLocalKRecommender(**TINY).fit(path)
+        GLocalKRecommender("ml-100k", **TINY).fit(path)
     df = pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"]})
     with pytest.raises(DataError, match="DataFrame.*no rating column"):
-        GLocalKRecommender(**TINY).fit(df)
+        GLocalKRecommender("ml-100k", **TINY).fit(df)
 
 
 @pytest.mark.parametrize("value, message", [("good", r"line 3: rating 'good' is not a (finite )?number"),
@@ -237,16 +239,16 @@ def test_bad_ratings(tmp_path, value, message):
     path = tmp_path / "r.csv"
     path.write_text(f"user,item,rating\na,x,3\nb,y,{value}\nc,z,5\n")
     with pytest.raises(DataError, match=r"r\.csv: " + message):
-        GLocalKRecommender(**TINY).fit(path)
+        GLocalKRecommender("ml-100k", **TINY).fit(path)
 
 
 def test_ratings_outside_the_scale(tmp_path, data):
     path = tmp_path / "r.csv"
     path.write_text("user,item,rating\na,x,3\nb,y,7\n")
     with pytest.raises(DataError, match=r"r\.csv: line 3: rating 7 is outside the rating scale 1\.\.5"):
-        GLocalKRecommender(rating_scale=(1, 5), **TINY).fit(path)
+        GLocalKRecommender("ml-100k", rating_scale=(1, 5), **TINY).fit(path)
     train, test = data
-    model = GLocalKRecommender(rating_scale=(1, 5), **TINY).fit(train)
+    model = GLocalKRecommender("ml-100k", rating_scale=(1, 5), **TINY).fit(train)
     bad = test.assign(rating=test["rating"].where(test.index != 2, 6.0))
     with pytest.raises(DataError, match="row 2.*rating 6 is outside the rating scale"):
         model.evaluate(bad)
@@ -256,9 +258,9 @@ def test_duplicates(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("user,item,rating\na,x,1\nb,x,4\na,y,2\na,x,3\nb,y,5\n")
     with pytest.raises(DataError, match=r"duplicate rating for user 'a' and item 'x' at line 2 and line 5"):
-        GLocalKRecommender(**TINY).fit(path)
-    last = GLocalKRecommender(duplicates="last", **TINY).fit(path)
-    mean = GLocalKRecommender(duplicates="mean", **TINY).fit(path)
+        GLocalKRecommender("ml-100k", **TINY).fit(path)
+    last = GLocalKRecommender("ml-100k", duplicates="last", **TINY).fit(path)
+    mean = GLocalKRecommender("ml-100k", duplicates="mean", **TINY).fit(path)
     assert last.model_.seen.nnz == mean.model_.seen.nnz == 4
     assert last.model_.seen[0, 0] == 3.0 and mean.model_.seen[0, 0] == 2.0  # item x, user a
 
@@ -268,7 +270,7 @@ def test_duplicates(tmp_path):
 def test_rating_matrix_roundtrip_keeps_validation(tmp_path, data):
     train, _ = data
     rm = RatingMatrix(to_rating_matrix(read_ratings(train)).train).with_validation(0.2, seed=1)
-    model = GLocalKRecommender(**TINY).fit(rm)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(rm)
     model.save(tmp_path / "m")
     loaded = GLocalKRecommender.load(tmp_path / "m")
     assert loaded.model_.seen.nnz == rm.train.nnz + rm.val.nnz
@@ -326,7 +328,7 @@ def test_ndcg_gains_are_on_the_scale_mapped_onto_1_to_5_on_a_0_to_10_scale(data)
     train, test = data
     to_ten = {1.0: 0.0, 2.0: 2.5, 3.0: 5.0, 4.0: 7.5, 5.0: 10.0}
     train, test = (df.assign(rating=df["rating"].map(to_ten)) for df in (train, test))
-    model = GLocalKRecommender(**TINY).fit(train, test=test)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(train, test=test)
     assert model.offset_ == 1.0 and model.rating_scale_ == (0.0, 10.0)
     pred = model.predict(test["user"], test["item"])
     truth = test["rating"].to_numpy()

@@ -60,12 +60,12 @@ def bias_data():
 @pytest.fixture(scope="module")
 def loser(bias_data):
     train, test = bias_data
-    return GLocalKRecommender(val_frac=0.2, fallback="baseline", **TINY_BUDGET).fit(train, test=test)
+    return GLocalKRecommender("ml-100k", val_frac=0.2, fallback="baseline", **TINY_BUDGET).fit(train, test=test)
 
 
 @pytest.fixture(scope="module")
 def winner():
-    model = GLocalKRecommender(val_frac=0.15, fallback="baseline", n_hid=20, lambda_2=3.0, lambda_s=0.006,
+    model = GLocalKRecommender("ml-100k", val_frac=0.15, fallback="baseline", n_hid=20, lambda_2=3.0, lambda_s=0.006,
                                epoch_p=12, epoch_f=12, threads=1, seed=0)
     return model.fit(block_frame())
 
@@ -136,7 +136,7 @@ def test_a_fallback_model_directory_round_trips(loser, winner, tmp_path):
 
 def test_without_a_fallback_the_model_directory_keeps_its_format(bias_data, tmp_path):
     train, _ = bias_data
-    model = GLocalKRecommender(val_frac=0.2, **TINY_BUDGET).fit(train)
+    model = GLocalKRecommender("ml-100k", val_frac=0.2, **TINY_BUDGET).fit(train)
     assert model.comparison_["winner_on_validation"] == "biases" and model.comparison_["answer"] == "glocalk"
     assert "--fallback baseline would" in model.comparison_["warning"]
     model.save(tmp_path / "m")
@@ -152,14 +152,14 @@ def test_without_a_fallback_the_model_directory_keeps_its_format(bias_data, tmp_
 
 def test_without_validation_nothing_is_compared(bias_data):
     train, test = bias_data
-    model = GLocalKRecommender(**TINY_BUDGET).fit(train, test=test)
+    model = GLocalKRecommender("ml-100k", **TINY_BUDGET).fit(train, test=test)
     assert model.comparison_["validation"] is False and "--val-frac" in model.comparison_["note"]
     assert "glocalk" not in model.comparison_ and "winner_on_validation" not in model.comparison_
 
 
 def test_a_model_directory_from_before_issue_10_loads_as_glocalk():
     model = GLocalKRecommender.load(Path(__file__).parent / "data" / "model-before-issue-9")
-    assert model.model_.fallback is None and model.fallback == "none" and not model.scorer_.biases_answer
+    assert model.model_.fallback is None and model.settings().fallback == "none" and not model.scorer_.biases_answer
 
 
 def test_a_damaged_fallback_is_a_checkpoint_error(loser, tmp_path):
@@ -174,14 +174,15 @@ def test_a_damaged_fallback_is_a_checkpoint_error(loser, tmp_path):
 
 def test_bad_fallback_settings_are_config_errors():
     with pytest.raises(ConfigError, match="--fallback"):
-        GLocalKRecommender(fallback="blend")
+        GLocalKRecommender("ml-100k", fallback="blend")
     with pytest.raises(ConfigError, match="--val-frac"):
-        GLocalKRecommender(fallback="baseline")
+        GLocalKRecommender("ml-100k", fallback="baseline")
 
 
 # -- glocalk fit ---------------------------------------------------------------------------------
 
-CLI_TINY = ["--n-hid", "8", "--epoch-p", "1", "--epoch-f", "1", "--iter-p", "1", "--iter-f", "1", "--threads", "1",
+CLI_TINY = ["--preset", "ml-100k",
+        "--n-hid", "8", "--epoch-p", "1", "--epoch-f", "1", "--iter-p", "1", "--iter-f", "1", "--threads", "1",
             "--quiet"]
 
 

@@ -33,6 +33,7 @@ GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("GLOCALK_REGEN_GOLDEN") == "1"
 TINY = ["--n-hid", "8", "--epoch-p", "2", "--epoch-f", "3", "--iter-p", "2", "--iter-f", "2", "--threads", "1",
         "--quiet"]
+FIT_PRESET = ["--preset", "ml-100k"]
 # Keys whose values depend on the machine, the clock or the temporary folder.
 VOLATILE = {"versions", "device", "command", "datetime_start", "datetime_complete", "duration"}
 # Resume state is internal (its layout is not a contract); the saved model and the reports are.
@@ -200,7 +201,9 @@ def test_train(data, tmp_path):
     _run([*base, "--seed", "1", "--out", str(tmp_path / "plain")])
     _run([*base, "--seed", "1", "2", "--val-frac", "0.1", "--ensemble", "--out", str(tmp_path / "val-ensemble")])
     _run([*base, "--seed", "2", "--val-frac", "0.1", "--patience", "1", "--out", str(tmp_path / "patience")])
-    _run(["train", "--mat", str(data / "tiny.mat"), *TINY, "--seed", "3", "--out", str(tmp_path / "mat")])
+    # --preset douban: what --mat ran before the own-data default (issue 10) existed.
+    _run(["train", "--mat", str(data / "tiny.mat"), "--preset", "douban", *TINY, "--seed", "3",
+          "--out", str(tmp_path / "mat")])
     # --resume of a finished run, and of a run whose summary was lost: same outputs.
     _run([*base, "--seed", "1", "--out", str(tmp_path / "plain"), "--resume"])
     _check("train", _read_outputs(tmp_path))
@@ -209,9 +212,10 @@ def test_train(data, tmp_path):
 def test_fit_evaluate_predict_recommend(data, tmp_path):
     own = data / "own"
     model = tmp_path / "model"
-    _run(["fit", str(own / "ratings.csv"), "--test", str(own / "test.csv"), "--val-frac", "0.1", *TINY,
+    # --preset ml-100k: fit's default before the own-data default (issue 10) existed.
+    _run(["fit", str(own / "ratings.csv"), "--test", str(own / "test.csv"), "--val-frac", "0.1", *FIT_PRESET, *TINY,
           "--out", str(model)])
-    _run(["fit", str(own / "ratings.csv"), "--split", "user", "--seed", "1", "2", "--ensemble", *TINY,
+    _run(["fit", str(own / "ratings.csv"), "--split", "user", "--seed", "1", "2", "--ensemble", *FIT_PRESET, *TINY,
           "--out", str(tmp_path / "ensemble")])
     _run(["evaluate", str(model), str(own / "test.csv"), "--json", str(tmp_path / "evaluate.json")])
     _run(["predict", str(model), str(own / "pairs.csv"), "-o", str(tmp_path / "predict.csv")])

@@ -30,7 +30,7 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data) -> GLocalKRecommender:
     train, test = data
-    return GLocalKRecommender(val_frac=0.1, **TINY).fit(train, test=test)
+    return GLocalKRecommender("ml-100k", val_frac=0.1, **TINY).fit(train, test=test)
 
 
 @pytest.fixture()

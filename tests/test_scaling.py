@@ -10,11 +10,11 @@ import json
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import write_mat
 
 from glocalk import GLocalKRecommender
 from glocalk.cli import main
@@ -68,7 +68,7 @@ def test_a_single_distinct_rating_has_no_scale_and_is_a_data_error():
         RatingMap.of((4.0, 4.0))
     df = pd.DataFrame({"user": ["a", "b", "c"], "item": ["x", "y", "x"], "rating": [4.0, 4.0, 4.0]})
     with pytest.raises(DataError):
-        GLocalKRecommender(n_hid=4, epoch_p=1, epoch_f=0, iter_p=1, threads=1).fit(df)
+        GLocalKRecommender("ml-100k", n_hid=4, epoch_p=1, epoch_f=0, iter_p=1, threads=1).fit(df)
 
 
 def test_a_training_rating_below_a_declared_scale_is_a_data_error_not_a_missing_entry():
@@ -158,8 +158,8 @@ def _own_ratings(seed: int = 0, n_users: int = 40, n_items: int = 30) -> pd.Data
 def test_own_data_rescaled_predicts_a_p_plus_b_in_the_users_units(tmp_path):
     df = _own_ratings()
     params = dict(n_hid=10, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1, seed=1)
-    plain = GLocalKRecommender(**params).fit(df)
-    scaled = GLocalKRecommender(**params).fit(df.assign(rating=20 * df["rating"] + 5))
+    plain = GLocalKRecommender("ml-100k", **params).fit(df)
+    scaled = GLocalKRecommender("ml-100k", **params).fit(df.assign(rating=20 * df["rating"] + 5))
     assert scaled.rating_scale_ == (25.0, 105.0) and scaled.rating_map_ == RatingMap(25.0, 105.0)
     pairs = df.sample(50, random_state=0)
     want = 20 * plain.predict(pairs["user"], pairs["item"]) + 5
@@ -180,8 +180,8 @@ def test_own_data_on_a_0_to_10_scale_trains_on_the_same_model_units_as_1_to_5():
     # cancels, so r -> 2.5 (r - 1) trains exactly the 1..5 model; predictions come back as 2.5 (p - 1).
     df = _own_ratings(seed=2)
     params = dict(n_hid=10, n_dim=3, epoch_p=2, epoch_f=1, iter_p=3, iter_f=3, threads=1, seed=1)
-    plain = GLocalKRecommender(**params).fit(df)
-    ten = GLocalKRecommender(**params).fit(df.assign(rating=2.5 * (df["rating"] - 1)))
+    plain = GLocalKRecommender("ml-100k", **params).fit(df)
+    ten = GLocalKRecommender("ml-100k", **params).fit(df.assign(rating=2.5 * (df["rating"] - 1)))
     assert ten.offset_ == 1.0 and ten.rating_scale_ == (0.0, 10.0)
     pairs = df.head(40)
     np.testing.assert_allclose(ten.predict(pairs["user"], pairs["item"]),
@@ -190,22 +190,9 @@ def test_own_data_on_a_0_to_10_scale_trains_on_the_same_model_units_as_1_to_5():
 
 # -- the command line: glocalk train --mat and glocalk fit ------------------------------------------------
 
-CLI_TINY = ["--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",
+CLI_TINY = ["--preset", "ml-100k",
+        "--n-hid", "8", "--n-dim", "3", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",
             "--threads", "1", "--quiet"]
-
-
-def _write_mat(path: Path, df: pd.DataFrame, is_test: np.ndarray) -> None:
-    """A Monti et al. HDF5 .mat of ``df`` (users u<k>, items i<k>), MATLAB's column-major layout."""
-    users = df["user"].str[1:].astype(int).to_numpy()
-    items = df["item"].str[1:].astype(int).to_numpy()
-    m = np.zeros((users.max() + 1, items.max() + 1))
-    m[users, items] = df["rating"].to_numpy()
-    o_train, o_test = np.zeros_like(m), np.zeros_like(m)
-    o_train[users[~is_test], items[~is_test]] = 1
-    o_test[users[is_test], items[is_test]] = 1
-    with h5py.File(path, "w") as f:
-        for name, a in (("M", m), ("Otraining", o_train), ("Otest", o_test)):
-            f.create_dataset(name, data=a.T)
 
 
 def test_train_mat_on_a_1_to_100_file_reports_rmse_times_a_and_records_the_map(tmp_path):
@@ -213,7 +200,7 @@ def test_train_mat_on_a_1_to_100_file_reports_rmse_times_a_and_records_the_map(t
     is_test = np.random.default_rng(0).random(len(df)) < 0.2
     summaries = {}
     for key, (a, b) in {"plain": (1.0, 0.0), "x24.75-23.75": (24.75, -23.75)}.items():  # 1..5 -> 1..100
-        _write_mat(tmp_path / f"{key}.mat", df.assign(rating=a * df["rating"] + b), is_test)
+        write_mat(tmp_path / f"{key}.mat", df.assign(rating=a * df["rating"] + b), is_test)
         assert main(["train", "--mat", str(tmp_path / f"{key}.mat"), *CLI_TINY, "--seed", "3", "--val-frac", "0.2",
                      "--out", str(tmp_path / key)]) == 0
         summaries[key] = json.loads((tmp_path / key / "summary.json").read_text())

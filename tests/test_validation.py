@@ -24,7 +24,7 @@ def train():
 
 
 def test_cross_validate(train):
-    cv = cross_validate(GLocalKRecommender(**TINY), train, folds=3, seed=0)
+    cv = cross_validate(GLocalKRecommender("ml-100k", **TINY), train, folds=3, seed=0)
     assert cv["folds"] == 3 and len(cv["per_fold"]) == 3
     assert sum(f["n_test"] for f in cv["per_fold"]) == len(train)
     for key in ("rmse", "mae", "ndcg"):
@@ -42,11 +42,11 @@ def test_each_fold_clips_to_its_own_training_ratings(train):
     ratings = read_ratings(df)
     fold_train, fold_test = next(splits.kfold(ratings, 3, 0))
     assert fold_train.rating_scale == (1.0, 5.0), "test setup: the split keeps the parent's scale"
-    own = training_part(fold_train, GLocalKRecommender())
+    own = training_part(fold_train, GLocalKRecommender("ml-100k"))
     assert own.rating_scale == (1.0, 4.0) and own.offset == 0.0
-    fixed = GLocalKRecommender(rating_scale=(1, 5))
+    fixed = GLocalKRecommender("ml-100k", rating_scale=(1, 5))
     assert training_part(fold_train, fixed) is fold_train  # a given scale is kept
-    model = GLocalKRecommender(**TINY).fit(own, test=fold_test)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(own, test=fold_test)
     assert model.rating_scale_ == (1.0, 4.0) and model.metrics_["n_rated"] > 0
 
 
@@ -60,14 +60,15 @@ def test_each_fold_clips_to_its_own_training_ratings(train):
 ])
 def test_fit_config_is_checked(config, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        fit_and_report(GLocalKRecommender(**TINY), FitConfig(ratings="r.csv", out=tmp_path / "m", **config))
+        fit_and_report(GLocalKRecommender("ml-100k", **TINY), FitConfig(ratings="r.csv", out=tmp_path / "m", **config))
 
 
 def test_fit_and_report_writes_the_model_and_report(train, tmp_path):
     path = tmp_path / "r.csv"
     train.to_csv(path, index=False)
     seen = []
-    result = fit_and_report(GLocalKRecommender(**TINY), FitConfig(ratings=path, out=tmp_path / "m", split="user"),
+    result = fit_and_report(GLocalKRecommender("ml-100k", **TINY),
+                            FitConfig(ratings=path, out=tmp_path / "m", split="user"),
                             on_epoch=lambda s, rec: seen.append((s, rec["epoch"])), on_ratings=seen.append)
     assert len(seen[0]) == len(train) and seen[1:] == [(1, e) for e in range(1, 5)]
     report = json.loads((tmp_path / "m" / "report.json").read_text())
@@ -78,14 +79,14 @@ def test_fit_and_report_writes_the_model_and_report(train, tmp_path):
     inside = tmp_path / "m" / "r.csv"
     inside.write_bytes(path.read_bytes())
     with pytest.raises(OutputError, match=r"not a glocalk model directory.*r\.csv"):
-        fit_and_report(GLocalKRecommender(**TINY), FitConfig(ratings=inside, out=tmp_path / "m", force=True))
+        fit_and_report(GLocalKRecommender("ml-100k", **TINY), FitConfig(ratings=inside, out=tmp_path / "m", force=True))
     assert inside.read_bytes() == path.read_bytes()
 
 
 def test_the_estimators_duplicates_policy_reads_the_files(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("user,item,rating\na,x,1\nb,x,4\na,y,2\na,x,3\nb,y,5\nc,y,1\nc,x,2\n")
-    est = GLocalKRecommender(duplicates="mean", **TINY)
+    est = GLocalKRecommender("ml-100k", duplicates="mean", **TINY)
     result = fit_and_report(est, FitConfig(ratings=path, out=tmp_path / "m"))
     assert result.report["n_ratings"] == 6 and result.model.model_.seen[0, 0] == 2.0  # item x, user a: mean
     cv = cross_validate(est, path, folds=2, seed=0)

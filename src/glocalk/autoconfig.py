@@ -26,6 +26,7 @@ from glocalk.protocol import RunOptions, RunRecord, train_run
 AUTO = "auto"
 BASE_PRESET = "ml-100k"  # candidate 0: the preset made for ratings 1..5
 DEFAULT_BUDGET_MINUTES = 10.0
+OWN_DATA_VAL_FRAC = 0.1  # the validation split of the own-data default when none is given
 AUTO_PATIENCE = 5  # early stopping on validation when no --patience is given
 # Overrides of the preset, tried in this order after it: stronger lambda_2 first (the sparse-data
 # finding), then smaller hidden layers with it.
@@ -88,6 +89,30 @@ def candidate_overrides(fixed: set[str]) -> list[dict]:
         if free not in out:
             out.append(free)
     return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a fit on own data runs with once the defaults are filled in (``own_data_defaults``)."""
+
+    preset: str
+    val_frac: float | None
+    fallback: str
+
+
+def own_data_defaults(preset_name: str | None, val_frac: float | None, fallback: str | None) -> Settings:
+    """The own-data default (issue 10, item 2) where no preset is named; a named preset runs as it always did.
+
+    No preset (None): the search (``AUTO``) on a validation split (``OWN_DATA_VAL_FRAC`` of the
+    training ratings unless ``val_frac`` is given), and ``fallback="baseline"``: the model answers
+    with the better, on validation, of GLocal-K and the user + item bias model, so a default fit is
+    never silently worse than that model. A named preset (including "auto"): exactly the given
+    ``val_frac`` and ``fallback`` ("none" unless given), as before the default existed.
+    """
+    if preset_name is None:
+        return Settings(AUTO, OWN_DATA_VAL_FRAC if val_frac is None else val_frac,
+                        "baseline" if fallback is None else fallback)
+    return Settings(preset_name, val_frac, "none" if fallback is None else fallback)
 
 
 def check_budget(budget_minutes: float | None) -> float:

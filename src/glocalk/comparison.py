@@ -74,11 +74,48 @@ def summarise(glocalk: dict, biases: dict, fallback: Fallback, policy: str) -> d
 def loses_message(record: dict) -> str:
     """The plain sentence a fit prints when GLocal-K loses to the bias model on validation."""
     g, b = record["glocalk"]["val"]["rmse"], record["biases"]["val"]["rmse"]
-    then = ("the saved model answers with the bias model (--fallback baseline)" if record["answer"] == "biases"
-            else "the saved model still answers with GLocal-K; --fallback baseline would answer with the bias model")
+    then = ("the model answers with the bias model (--fallback baseline)" if record["answer"] == "biases"
+            else "GLocal-K still answers; --fallback baseline would answer with the bias model")
     return (f"GLocal-K loses to the user + item bias model on validation: RMSE {g:.4f} vs {b:.4f}; {then}")
 
 
 def not_compared() -> dict:
     """The record of a fit without a validation split."""
     return {"validation": False, "note": NO_VALIDATION}
+
+
+def compare_runs(data: RatingMatrix, val_frac: float, runs: list[dict], policy: str = "none") -> dict:
+    """``glocalk train``'s comparison: for every seed, the bias model fitted on THAT seed's split
+    (``data.with_validation(val_frac, seed)``) against GLocal-K's validation-selected epoch of that
+    seed (``runs``: summary.json's per-seed entries). Same record as a fit's, with means over the
+    seeds and a "per_seed" list; the winner is chosen on the mean validation RMSE, and "answer_test"
+    holds the test metrics of the answer (the winner with ``policy="baseline"``, else GLocal-K).
+    """
+    clip = tuple(data.rating_scale)
+    per_seed = []
+    for run in runs:
+        split = data.with_validation(val_frac, seed=run["seed"])
+        fallback = fit_bias_model(split)
+        biases = {"val": split_metrics(_bias_scores(fallback), split.val, clip, 0.0)}
+        if data.test is not None and data.test.nnz:
+            biases["test"] = split_metrics(_bias_scores(fallback), data.test, clip, 0.0)
+        selected = run["val_selected"]
+        glocalk = {"val": {"rmse": selected["val_rmse"]}, "test": {k: selected[k] for k in ("rmse", "mae", "ndcg")}}
+        per_seed.append({"seed": run["seed"], "glocalk": glocalk, "biases": {**biases, **fallback.info}})
+    mean = {name: {part: _mean_metrics([s[name][part] for s in per_seed]) for part in per_seed[0][name]
+                   if part in ("val", "test")} for name in ("glocalk", "biases")}
+    out = summarise(mean["glocalk"], mean["biases"], Fallback("biases", 0.0, np.zeros(0), np.zeros(0)), policy)
+    out["per_seed"] = per_seed
+    if "test" in mean["biases"]:
+        out["answer_test"] = mean[out["answer"]]["test"]
+    return out
+
+
+def _bias_scores(fallback: Fallback) -> Scores:
+    return lambda items, users: fallback.mu + fallback.b_item[items] + fallback.b_user[users]
+
+
+def _mean_metrics(figures: list[dict]) -> dict:
+    """The mean of each metric the figures share (one seed: its own figures)."""
+    keys = [k for k in ("rmse", "mae", "ndcg") if all(k in f for f in figures)]
+    return {k: float(np.mean([f[k] for f in figures])) for k in keys}

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glocalk.autoconfig import AUTO, base_params, check_budget, search
+from glocalk.autoconfig import AUTO, Settings, base_params, check_budget, own_data_defaults, search
 from glocalk.comparison import FALLBACKS, fit_bias_model, not_compared, split_metrics, summarise
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.options import DUPLICATE_POLICIES
@@ -74,7 +74,9 @@ class GLocalKRecommender:
     """GLocal-K as an estimator: hyperparameters at construction, ``fit``, ``predict``, ``recommend``.
 
     Args:
-        preset: the paper preset whose hyperparameters are the defaults ("ml-100k", "ml-1m", "douban"),
+        preset: None (default): the own-data default (``autoconfig.own_data_defaults``): "auto" on a
+            validation split (``val_frac``, default 0.1) with ``fallback="baseline"``. Or a paper preset
+            whose hyperparameters are the defaults ("ml-100k", "ml-1m", "douban"), exactly as published,
             or "auto": a budgeted search on the validation ratings (``glocalk.autoconfig``; needs ``val_frac``)
             whose first candidate is ml-100k's preset; its record is ``auto_``.
         budget: with preset "auto", start no new candidate after this many minutes (default 10).
@@ -82,15 +84,17 @@ class GLocalKRecommender:
             predictions averaged (an ensemble).
         n_ensemble: train this many models with seeds ``seed, seed+1, ...`` (``seed`` must be an int).
         val_frac: hold out this seeded fraction of the training ratings to choose the epoch
-            (the fine-tuning epoch with the lowest validation RMSE); None: use the last epoch.
+            (the fine-tuning epoch with the lowest validation RMSE); None: use the last epoch (0.1
+            when no preset is given).
         patience: stop fine-tuning after this many epochs without a better validation RMSE.
         rating_scale: (min, max) of the ratings in the data's own scale; default: the observed
             range of the training ratings.
         duplicates: a repeated (user, item) pair is an "error", or keep the "last", the "first" or the "mean".
         unknown: an id not seen in training is an "error" at predict/recommend time, or gets the
             "baseline" (bias model) prediction.
-        fallback: "none" (default): GLocal-K answers; "baseline": the model answers with the better,
-            on the validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``).
+        fallback: "none": GLocal-K answers; "baseline": the model answers with the better, on the
+            validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``).
+            Default: "baseline" when no preset is given, else "none".
         device, path, optimizer, threads: execution options of ``train.TrainConfig``.
         **hyperparameters: any ``GLocalKConfig`` field (n_hid, n_dim, n_layers, gk_size, lambda_2,
             lambda_s, dot_scale, gk_norm, local_kernel, global_kernel) and epoch_p, epoch_f,
@@ -106,11 +110,11 @@ class GLocalKRecommender:
     split, ``glocalk.comparison``; set by ``fit`` only).
     """
 
-    def __init__(self, preset: str = "ml-100k", *, seed: int | Sequence[int] = 1, n_ensemble: int | None = None,
+    def __init__(self, preset: str | None = None, *, seed: int | Sequence[int] = 1, n_ensemble: int | None = None,
                  val_frac: float | None = None, patience: int | None = None,
                  rating_scale: tuple[float, float] | None = None, duplicates: str = "error",
                  unknown: str = "error", device: str = "cpu", path: str = "auto", optimizer: str = "scipy",
-                 threads: int | None = None, fallback: str = "none", budget: float | None = None,
+                 threads: int | None = None, fallback: str | None = None, budget: float | None = None,
                  **hyperparameters: Any) -> None:
         self.preset = preset
         self.budget = budget
@@ -162,27 +166,32 @@ class GLocalKRecommender:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v != _DEFAULTS.get(k, object()))
         return f"GLocalKRecommender({args})"
 
+    def settings(self) -> Settings:
+        """The preset, validation fraction and fallback a fit runs with (defaults filled in)."""
+        return own_data_defaults(self.preset, self.val_frac, self.fallback)
+
     def _check_params(self) -> None:
-        if self.preset == AUTO:
+        run = self.settings()
+        if run.preset == AUTO:
             check_budget(self.budget)
-            if self.val_frac is None:
+            if run.val_frac is None:
                 raise ConfigError("preset 'auto' (--preset auto) chooses on validation ratings: it needs a "
                                   "validation split (--val-frac / val_frac)")
         elif self.budget is not None:
             raise ConfigError("budget (--budget) applies to preset 'auto' (--preset auto) only")
         else:
-            preset(self.preset)  # ConfigError naming the known presets
+            preset(run.preset)  # ConfigError naming the known presets
         if self.unknown not in UNKNOWN_POLICIES:
             raise ConfigError(f"unknown must be one of {UNKNOWN_POLICIES}, got {self.unknown!r}")
         if self.duplicates not in DUPLICATE_POLICIES:
             raise ConfigError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {self.duplicates!r}")
-        if self.val_frac is not None and not 0.0 < self.val_frac < 1.0:
-            raise ConfigError(f"val_frac (--val-frac) must be in (0, 1), got {self.val_frac}")
-        if self.patience is not None and self.val_frac is None:
+        if run.val_frac is not None and not 0.0 < run.val_frac < 1.0:
+            raise ConfigError(f"val_frac (--val-frac) must be in (0, 1), got {run.val_frac}")
+        if self.patience is not None and run.val_frac is None:
             raise ConfigError("patience needs a validation split (--val-frac / val_frac)")
-        if self.fallback not in FALLBACKS:
-            raise ConfigError(f"fallback (--fallback) must be one of {FALLBACKS}, got {self.fallback!r}")
-        if self.fallback == "baseline" and self.val_frac is None:
+        if run.fallback not in FALLBACKS:
+            raise ConfigError(f"fallback (--fallback) must be one of {FALLBACKS}, got {run.fallback!r}")
+        if run.fallback == "baseline" and run.val_frac is None:
             raise ConfigError("--fallback baseline (fallback='baseline') chooses on validation ratings: it needs "
                               "a validation split (--val-frac / val_frac)")
         self.seeds()
@@ -205,7 +214,8 @@ class GLocalKRecommender:
 
     def config(self) -> dict:
         """The flat hyperparameters a model is trained with (the preset, then the overrides)."""
-        params = base_params() if self.preset == AUTO else preset(self.preset)
+        run = self.settings()
+        params = base_params() if run.preset == AUTO else preset(run.preset)
         params.update(self.hyperparameters)
         params.update(device=self.device, path=self.path, optimizer=self.optimizer, patience=self.patience,
                       threads=self.threads)
@@ -231,6 +241,7 @@ class GLocalKRecommender:
                 the result equals an uninterrupted fit with the same seeds.
         """
         self._check_params()
+        run = self.settings()
         prep = prepare(data, test, self.rating_scale, self.duplicates)
         params = self.config()
         full = RatingMatrix(prep.train, item_ids=prep.item_ids, user_ids=prep.user_ids,
@@ -238,10 +249,10 @@ class GLocalKRecommender:
         if prep.val is not None:
             fit_data = RatingMatrix(prep.train, val=prep.val, item_ids=prep.item_ids, user_ids=prep.user_ids,
                                     rating_scale=prep.rating_scale, name=prep.name)
-        elif self.val_frac:
+        elif run.val_frac:
             # One validation split, drawn with the first seed, shared by all members so that
             # they read the same input matrix at serving time.
-            fit_data = full.with_validation(self.val_frac, seed=self.seeds()[0])
+            fit_data = full.with_validation(run.val_frac, seed=self.seeds()[0])
         else:
             fit_data = full
         if self.patience is not None and fit_data.val is None:
@@ -251,7 +262,7 @@ class GLocalKRecommender:
         for seed in self.seeds():
             member_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"seed-{seed}"
             callback = None if on_epoch is None else (lambda rec, seed=seed: on_epoch(seed, rec))
-            if self.preset == AUTO and self.auto_ is None:
+            if run.preset == AUTO and self.auto_ is None:
                 label = None if on_epoch is None else (lambda k, rec, s=seed: on_epoch(f"{s} (candidate {k})", rec))
                 self.auto_ = search(fit_data, {**params, "seed": seed}, set(self.hyperparameters), self.budget, label)
                 params = {k: v for k, v in self.auto_.params.items() if k != "seed"}
@@ -275,8 +286,9 @@ class GLocalKRecommender:
     def _compare(self, fit_data: RatingMatrix, test: pd.DataFrame | None) -> dict:
         """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``);
         with ``fallback="baseline"`` the winner on validation becomes the answer."""
+        policy = self.settings().fallback
         if self.model_.val is None:
-            if self.fallback == "baseline":
+            if policy == "baseline":
                 raise ConfigError("--fallback baseline (fallback='baseline') needs a validation split "
                                   "(--val-frac / val_frac)")
             return not_compared()
@@ -287,8 +299,8 @@ class GLocalKRecommender:
             figures[name] = {"val": split_metrics(scorer.scores, self.model_.val, self._clip, self.offset_)}
             if test is not None:
                 figures[name]["test"] = self._evaluate(test, "skip", scorer)
-        record = summarise(figures["glocalk"], figures["biases"], fallback, self.fallback)
-        if self.fallback == "baseline":
+        record = summarise(figures["glocalk"], figures["biases"], fallback, policy)
+        if policy == "baseline":
             fallback.info.update(val_rmse={name: f["val"]["rmse"] for name, f in figures.items()})
             fallback.answer = record["answer"]
             self.model_ = replace(self.model_, fallback=fallback)
@@ -466,7 +478,10 @@ class GLocalKRecommender:
         ``extra_files`` / ``owned`` names); else OutputError and nothing is touched.
         """
         self._check_fitted()
-        model = replace(self.model_, estimator=self.get_params(), metrics=self.metrics_)
+        # The settings as run (defaults filled in): the directory says what was done, and reloads as it.
+        run = self.settings()
+        estimator = {**self.get_params(), "preset": run.preset, "val_frac": run.val_frac, "fallback": run.fallback}
+        model = replace(self.model_, estimator=estimator, metrics=self.metrics_)
         return save_model(path, model, extra_files, owned)
 
     @classmethod
@@ -492,6 +507,6 @@ class GLocalKRecommender:
 
 _EXPLICIT = ("preset", "seed", "n_ensemble", "val_frac", "patience", "rating_scale", "duplicates", "unknown",
              "device", "path", "optimizer", "threads", "fallback", "budget")
-_DEFAULTS = {"preset": "ml-100k", "seed": 1, "n_ensemble": None, "val_frac": None, "patience": None,
+_DEFAULTS = {"preset": None, "seed": 1, "n_ensemble": None, "val_frac": None, "patience": None,
              "rating_scale": None, "duplicates": "error", "unknown": "error", "device": "cpu", "path": "auto",
-             "optimizer": "scipy", "threads": None, "fallback": "none", "budget": None}
+             "optimizer": "scipy", "threads": None, "fallback": None, "budget": None}

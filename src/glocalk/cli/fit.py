@@ -14,7 +14,15 @@ from pathlib import Path
 import pandas as pd
 
 from glocalk.autoconfig import AUTO
-from glocalk.cli.options import add_budget, add_training_run, auto_lines, execution, overrides, progress
+from glocalk.cli.options import (
+    add_budget,
+    add_training_run,
+    auto_lines,
+    comparison_lines,
+    execution,
+    overrides,
+    progress,
+)
 from glocalk.compare.report import mean_std
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
 from glocalk.data.options import DUPLICATE_POLICIES
@@ -139,24 +147,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _comparison_lines(comparison: dict) -> list[str]:
-    """The comparison with the bias model, as printed by ``glocalk fit``."""
-    if not comparison["validation"]:
-        return [f"note: {comparison['note']}"]
-    lines = ["GLocal-K vs the user + item bias model (same split; chosen on validation only):"]
-    for name, label in (("glocalk", "GLocal-K"), ("biases", "biases")):
-        figures = comparison[name]
-        text = f"  {label:<8} validation {_fmt_metrics(figures['val'])}"
-        if "test" in figures:
-            text += f"; test RMSE {figures['test']['rmse']:.4f}"
-        lines.append(text)
-    if "warning" in comparison:
-        lines.append(f"WARNING: {comparison['warning']}")
-    else:
-        lines.append("GLocal-K beats the bias model on validation")
-    return lines
-
-
 def _print_fit(report: dict, out: Path, saved: bool, comparison: dict | None = None) -> None:
     lines = []
     cv = report.get("cross_validation")
@@ -172,7 +162,7 @@ def _print_fit(report: dict, out: Path, saved: bool, comparison: dict | None = N
     if report.get("auto"):
         lines += auto_lines(report["auto"])
     if comparison is not None:
-        lines += _comparison_lines(comparison)
+        lines += comparison_lines(comparison)
     lines.append(f"written: {out}/" + (" (model and report.json)" if saved else REPORT))
     print("\n".join(lines))
 
@@ -249,11 +239,13 @@ def _register_fit(sub) -> None:
                         "the final model on all ratings")
     e.add_argument("--split-seed", type=int, default=None, help="seed of the random splits (default: the first --seed)")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", choices=[*sorted(PRESETS), AUTO], default="ml-100k",
-                   help="paper preset whose hyperparameters are the defaults (default ml-100k); auto: try "
-                        "ml-100k's preset, then stronger regularisation and smaller hidden layers, each on the "
-                        "same --val-frac validation split with early stopping, and keep the lowest validation "
-                        "RMSE (needs --val-frac; the test set chooses nothing; recorded in report.json)")
+    m.add_argument("--preset", choices=[*sorted(PRESETS), AUTO], default=None,
+                   help="default (no --preset): the own-data default: --preset auto on a --val-frac validation "
+                        "split (default 0.1) with --fallback baseline. A paper preset (ml-100k, ml-1m, douban): its "
+                        "published hyperparameters, no validation split unless --val-frac, no fallback unless "
+                        "--fallback. auto: try ml-100k's preset, then stronger regularisation and smaller hidden "
+                        "layers, each on the same validation split with early stopping, and keep the lowest "
+                        "validation RMSE (the test set chooses nothing; recorded in report.json)")
     add_budget(m)
     m.add_argument("--seed", type=int, nargs="+", default=[1],
                    help="seed of the model (default 1); several seeds need --ensemble")
@@ -263,11 +255,12 @@ def _register_fit(sub) -> None:
     m.add_argument("--rating-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help="the rating scale predictions are clipped to; ratings outside it are an error (default: the "
                         "min and max of the training ratings)")
-    m.add_argument("--fallback", choices=["none", "baseline"], default="none",
-                   help="every fit with --val-frac also fits the user + item bias model on the same split and "
-                        "reports both (printed, and in MODEL_DIR/report.json under comparison); baseline: the "
-                        "saved model answers with whichever is better on the validation ratings (needs "
-                        "--val-frac); none: GLocal-K answers (default)")
+    m.add_argument("--fallback", choices=["none", "baseline"], default=None,
+                   help="every fit with a validation split also fits the user + item bias model on the same "
+                        "split and reports both (printed, and in MODEL_DIR/report.json under comparison); "
+                        "baseline: the saved model answers with whichever is better on the validation ratings "
+                        "(needs a validation split); none: GLocal-K answers. Default: baseline without "
+                        "--preset, none with one")
     _add_reader_options(p)
     add_training_run(p)
     p.set_defaults(func=cmd_fit)

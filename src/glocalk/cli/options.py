@@ -187,3 +187,31 @@ def auto_lines(auto: dict) -> list[str]:
         mark = " <- chosen" if k == auto["chosen"] else ""
         lines.append(f"  {k}: {params:<28} val RMSE {val}, {c['epochs']} epochs, {c['seconds']:.0f} s{mark}")
     return lines
+
+
+# -- GLocal-K against the bias model (fit, train) ---------------------------------------------
+
+
+def comparison_lines(comparison: dict) -> list[str]:
+    """The comparison with the bias model (``glocalk.comparison``), as fit and train print it."""
+    if not comparison["validation"]:
+        return [f"note: {comparison['note']}"]
+    lines = ["GLocal-K vs the user + item bias model (same split; chosen on validation only):"]
+    for name, label in (("glocalk", "GLocal-K"), ("biases", "biases")):
+        figures = comparison[name]
+        text = f"  {label:<8} validation {_metric_text(figures['val'])}"
+        if "test" in figures:
+            text += f"; test RMSE {figures['test']['rmse']:.4f}"
+        lines.append(text)
+    if "warning" in comparison:
+        lines.append(f"WARNING: {comparison['warning']}")
+    else:
+        lines.append("GLocal-K beats the bias model on validation")
+    return lines
+
+
+def _metric_text(m: dict) -> str:
+    parts = [f"{label} {m[key]:.4f}" for key, label in (("rmse", "RMSE"), ("mae", "MAE"), ("ndcg", "NDCG")) if key in m]
+    if "n_rated" in m:
+        parts.append(f"on {m['n_rated']:,} ratings")
+    return ", ".join(parts)

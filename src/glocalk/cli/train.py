@@ -8,18 +8,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from glocalk.autoconfig import AUTO, SearchResult, base_params, search
+from glocalk.autoconfig import AUTO, SearchResult, base_params, own_data_defaults, search
 from glocalk.cli.options import (
     add_budget,
     add_data_location,
     add_training_run,
     auto_lines,
+    comparison_lines,
     execution,
     overrides,
     positive_int,
     progress,
 )
 from glocalk.compare.report import epoch_table, load_summary, mean_std, results_table
+from glocalk.comparison import FALLBACKS, compare_runs
 from glocalk.data import datasets
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import ConfigError
@@ -47,6 +49,8 @@ def print_summary(summary: dict, out: Path) -> None:
         if protocol in summary:
             lines.append(f"{label:<34} {_cell(summary, protocol, 'rmse'):>18} "
                          f"{_cell(summary, protocol, 'mae'):>18} {_cell(summary, protocol, 'ndcg'):>18}")
+    if "comparison" in summary:
+        lines += comparison_lines(summary["comparison"])
     lines.append(f"written: {out / 'summary.json'}")
     print("\n".join(lines))
 
@@ -55,7 +59,7 @@ def data_and_params(args: argparse.Namespace) -> tuple[RatingMatrix, dict]:
     """The dataset named by --dataset or --mat and its hyperparameters: preset, then the flags given."""
     if args.mat:
         data = datasets.load_monti(args.mat)
-        params = preset(args.preset or "douban") if args.preset != AUTO else base_params()
+        params = preset(args.preset) if args.preset != AUTO else base_params()
     else:
         data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
         params = preset(args.preset or args.dataset) if args.preset != AUTO else base_params()
@@ -67,8 +71,11 @@ def data_and_params(args: argparse.Namespace) -> tuple[RatingMatrix, dict]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``glocalk train``: run the seeds, write OUT/summary.json and the epoch logs, print the summary."""
+    _own_data_defaults(args)
     if args.patience is not None and not args.val_frac:
         raise ConfigError("--patience needs a validation split (--val-frac)")
+    if args.fallback == "baseline" and not args.val_frac:
+        raise ConfigError("--fallback baseline chooses on validation ratings: it needs a validation split (--val-frac)")
     _check_auto(args)
     data, params = data_and_params(args)
     out = Path(args.out or f"runs/{data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -87,10 +94,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         close()
     if auto is not None:  # the search's record, next to the runs of its choice
         summary["auto"] = auto.json_entry()
+    if args.val_frac and summary.get("runs"):  # never silently worse than a bias model (issue 10, item 3)
+        summary["comparison"] = compare_runs(data, args.val_frac, summary["runs"], args.fallback)
+    if auto is not None or "comparison" in summary:
         write_json_atomic(out / "summary.json", summary)
+    if auto is not None:
         print("\n".join(auto_lines(summary["auto"])))
     print_summary(summary, out)
     return 0
+
+
+def _own_data_defaults(args: argparse.Namespace) -> None:
+    """--mat without --preset: the own-data default (autoconfig.own_data_defaults); a paper dataset
+    (--dataset) or a named preset: exactly as given (its preset; no validation split or fallback unless asked)."""
+    if args.mat:
+        run = own_data_defaults(args.preset, args.val_frac, args.fallback)
+        args.preset, args.val_frac, args.fallback = run.preset, run.val_frac, run.fallback
+    elif args.fallback is None:
+        args.fallback = "none"
 
 
 def _check_auto(args: argparse.Namespace) -> None:
@@ -133,9 +154,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--dataset", choices=sorted(PRESETS), help="a paper benchmark dataset")
     src.add_argument("--mat", help="any Monti et al. HDF5 .mat file (M, Otraining, Otest)")
     p.add_argument("--preset", choices=[*sorted(PRESETS), AUTO],
-                   help="hyperparameter preset (default: the dataset's; douban's for --mat); auto: ml-100k's "
-                        "preset, then stronger regularisation and smaller hidden layers, chosen on the first "
-                        "seed's --val-frac validation split (needs --val-frac; recorded in summary.json)")
+                   help="hyperparameter preset (default: the dataset's, exactly as published; for --mat the "
+                        "own-data default: --preset auto on a --val-frac split (default 0.1) with --fallback "
+                        "baseline); auto: ml-100k's preset, then stronger regularisation and smaller hidden "
+                        "layers, chosen on the first seed's --val-frac validation split (needs --val-frac; "
+                        "recorded in summary.json)")
+    p.add_argument("--fallback", choices=FALLBACKS, default=None,
+                   help="with a validation split, every run is compared with the user + item bias model fitted "
+                        "on the same split (summary.json's comparison); baseline: the answer is whichever is "
+                        "better on validation (comparison.answer_test). Default: baseline for --mat without "
+                        "--preset, else none")
     add_budget(p)
     add_data_location(p)
     p.add_argument("--seed", type=int, nargs="+", default=[1], help="one or more seeds (default 1)")

@@ -174,7 +174,8 @@ def fit_and_report(estimator: Any, config: FitConfig, *, on_epoch: OnEpoch | Non
     split_seed = seeds[0] if config.split_seed is None else config.split_seed
     report: dict = {"command": list(config.command), "ratings": str(config.ratings), "n_ratings": len(ratings),
                     "hyperparameters": estimator.config(), "seeds": seeds, "ensemble": len(seeds) > 1,
-                    "val_frac": estimator.val_frac, "versions": versions()}
+                    "val_frac": estimator.settings().val_frac, "preset": estimator.settings().preset,
+                    "versions": versions()}
     model = None
     if config.split == "kfold":
         folds = config.folds or 5
