@@ -5,19 +5,36 @@ plain dense ``GLocalK.forward`` of the whole model in one process (SPEC.md's mat
 against a NumPy forward in tests/test_model.py): at the same weights the sum of the ranks' losses and
 each rank's gradients (owned blocks, replicated parameters) must equal it to 1e-5 relative, in both
 stages, in sparse execution (R_hat sparse and dense) and dense execution, with uneven blocks.
+
+Training (glocalk.distributed): a 2-process run whose rank 1 hangs ends on rank 0 within the collective
+timeout with an error naming the cause and --resume; the state it left is the single-process format (a
+one-process Trainer restores and evaluates it); resumed on 2 processes, every epoch's RMSEs equal an
+uninterrupted one-process run with the same optimiser to 1e-4, and rank 0 alone wrote files.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import time
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_ratings
 
+from glocalk.cli import main
+from glocalk.errors import TrainingError
 from glocalk.model import GLocalK, GLocalKConfig, Stage
+from glocalk.protocol import RunOptions, train_run
 from glocalk.sharded import USER_DIMS, Shard, ShardedGLocalK, halo_columns, prepare_shard_input, user_bounds
+from glocalk.store import load_dir
+from glocalk.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse")
 
@@ -116,3 +133,104 @@ def test_user_blocks_are_contiguous_and_even():
 def test_more_processes_than_users_is_a_clear_error():
     with pytest.raises(Exception, match="fewer users than processes"):
         Shard.of(2, 0, 3)
+
+
+# --------------------------------------------------------------------------- training sharded
+
+
+TRAIN_MODEL = GLocalKConfig(n_hid=8, n_dim=3, lambda_2=20.0, lambda_s=0.01)  # ML-100K's lambda_2: a well-posed
+# problem, where float32 rounding (which differs between 1 and 2 processes) does not grow over the epochs
+TRAIN_RUN = TrainConfig(epoch_p=2, epoch_f=3, iter_p=3, iter_f=3, seed=1, path="sparse", optimizer="lbfgsb")
+HANG_AFTER = 3  # epoch after which rank 1 stops answering in the fault test
+
+
+def _train_data():
+    return tiny_ratings(n_items=30, n_users=25).with_validation(0.1, seed=1)
+
+
+def _train_worker(rank: int, world: int, store: str, out: str, hang: bool) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=5))
+
+    def hang_after(rec: dict) -> None:
+        if hang and rec["epoch"] == HANG_AFTER:
+            dist.barrier()  # rank 0 has written this epoch's state
+            if rank == 1:
+                time.sleep(60)  # alive but silent: rank 0's next collective must time out
+
+    try:
+        train_run(_train_data(), TRAIN_MODEL, TRAIN_RUN, RunOptions(
+            state_dir=Path(out) / "state", log_path=Path(out) / "epochs.jsonl", resume=not hang, on_epoch=hang_after))
+    except TrainingError as e:
+        (Path(out) / f"error-{rank}.txt").write_text(str(e))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_training_survives_a_hung_rank_and_resumes_to_the_single_process_result(tmp_path):
+    want = train_run(_train_data(), TRAIN_MODEL, TRAIN_RUN).history
+    out = tmp_path / "run"
+    # Rank 1 hangs after epoch 3: rank 0 fails within the timeout with an error that says what happened.
+    with pytest.raises(mp.ProcessRaisedException):
+        mp.spawn(_train_worker, args=(2, str(tmp_path / "store1"), str(out), True), nprocs=2)
+    error = (out / "error-0.txt").read_text()
+    assert "died or stopped answering" in error and "--resume" in error
+    saved = load_dir(out / "state" / "last")
+    assert saved[1]["epoch"] == HANG_AFTER and not saved[1]["finished"]
+    # The saved state is the single-process format: a one-process Trainer loads it and evaluates the same.
+    trainer = Trainer(_train_data(), TRAIN_MODEL, TRAIN_RUN)
+    trainer.restore(*saved)
+    assert trainer.evaluate(2)["test_rmse"] == pytest.approx(saved[1]["history"][-1]["test_rmse"], abs=1e-5)
+    # Resumed on 2 processes, the run ends where one process gets without interruption.
+    mp.spawn(_train_worker, args=(2, str(tmp_path / "store2"), str(out), False), nprocs=2)
+    got = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
+    for mine, ref in zip(got, want, strict=True):
+        for key in ("train_rmse", "val_rmse", "test_rmse"):
+            assert mine[key] == pytest.approx(ref[key], abs=1e-4), (mine["epoch"], key)
+    assert sorted(p.name for p in out.iterdir()) == ["epochs.jsonl", "error-0.txt", "state"]
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _write_mat(path: Path, data) -> None:
+    """A Monti et al. MATLAB v7.3 file (dense fields, stored transposed; M and the masks are users x items)."""
+    train, test = data.train.toarray().T, data.test.toarray().T
+    with h5py.File(path, "w") as f:
+        for name, m in (("M", train + test), ("Otraining", (train > 0) * 1.0), ("Otest", (test > 0) * 1.0)):
+            f[name] = np.ascontiguousarray(m.T)
+
+
+def test_train_nproc_2_writes_one_run_equal_to_one_process(tmp_path, capfd):
+    mat = tmp_path / "tiny.mat"
+    _write_mat(mat, tiny_ratings(n_items=30, n_users=25))
+    flags = ["train", "--mat", str(mat), "--preset", "douban", "--optimizer", "lbfgsb", "--path", "sparse",
+             "--n-hid", "8", "--lambda-2", "20", "--epoch-p", "2", "--epoch-f", "2", "--iter-p", "3", "--iter-f", "3",
+             "--quiet"]
+    assert main([*flags, "--out", str(tmp_path / "one")]) == 0
+    assert main([*flags, "--nproc", "2", "--out", str(tmp_path / "two")]) == 0
+    printed = capfd.readouterr().out
+    assert printed.count("written:") == 2  # the closing table: once for one process, once for rank 0 of two
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    for protocol in ("best", "final"):
+        assert two[protocol]["rmse"] == pytest.approx(one[protocol]["rmse"], abs=1e-4)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["seed-1", "summary.json"]
+
+
+def test_torchrun_environment_is_checked_before_any_process_group(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    mat = tmp_path / "tiny.mat"
+    _write_mat(mat, tiny_ratings(n_items=30, n_users=25))
+    base = ["train", "--mat", str(mat), "--preset", "douban", "--out", str(tmp_path / "x"), "--quiet"]
+    assert main(base) == 2  # the default optimiser is SciPy's, which cannot be sharded
+    assert "--optimizer scipy cannot be sharded" in capsys.readouterr().err
+    assert main([*base, "--optimizer", "lbfgsb", "--nproc", "3"]) == 2
+    assert "--nproc 3 disagrees with the 2 processes torchrun started" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "x")
+    assert main([*base, "--optimizer", "lbfgsb"]) == 2
+    assert "RANK and WORLD_SIZE must be integers" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

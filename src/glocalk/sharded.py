@@ -220,20 +220,29 @@ class ShardedGLocalK:
     def from_full(cls, model: GLocalK, shard: Shard, group=None) -> ShardedGLocalK:
         """The shard of a full model: its user blocks sliced out, the rest copied."""
         local = GLocalK(model.n_items, shard.n_local, model.config).to(model.gk_weight.device)
-        state = {}
-        for name, t in model.state_dict().items():
-            dim = USER_DIMS.get(name)
-            state[name] = t if dim is None else t.narrow(dim, shard.lo, shard.n_local)
-        local.load_state_dict(state)
-        return cls(local, shard, group)
+        sharded = cls(local, shard, group)
+        local.load_state_dict(sharded.local_state(model.state_dict()))
+        return sharded
 
-    def gather_state(self) -> dict[str, torch.Tensor] | None:
-        """The full model's state_dict on rank 0 (the single-process format), None on the other ranks."""
+    def gather_state(self, local_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+        """The full model's state_dict on rank 0 (the single-process format), None on the other ranks.
+
+        ``local_state``: a state_dict of the local model (default: its current one). Every rank must call it.
+        """
+        local_state = self.local.state_dict() if local_state is None else local_state
         out = {}
-        for name, t in self.local.state_dict().items():
+        for name, t in local_state.items():
             dim = USER_DIMS.get(name)
             out[name] = t.detach().clone() if dim is None else gather_users(t, dim, self.shard, self.group)
         return out if self.shard.rank == 0 else None
+
+    def local_state(self, full_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's part of a full model's state_dict (any process count wrote it): its user blocks cut out."""
+        out = {}
+        for name, t in full_state.items():
+            dim = USER_DIMS.get(name)
+            out[name] = t if dim is None else t.narrow(dim, self.shard.lo, self.shard.n_local)
+        return out
 
     def is_replicated(self, p: torch.Tensor) -> bool:
         """True for a parameter every rank holds whole (its gradient is summed over the ranks)."""
