@@ -4,7 +4,8 @@ Workers run in 2 and 3 processes (torch.multiprocessing spawn, gloo on CPU). The
 plain dense ``GLocalK.forward`` of the whole model in one process (SPEC.md's maths, itself tested
 against a NumPy forward in tests/test_model.py): at the same weights the sum of the ranks' losses and
 each rank's gradients (owned blocks, replicated parameters) must equal it to 1e-5 relative, in both
-stages, in sparse execution (R_hat sparse and dense) and dense execution, with uneven blocks.
+stages, in sparse execution (R_hat sparse and dense) and dense execution, with uneven blocks; the
+optimiser's ShardedSpace gives the dot products and inf-norm of the whole vector (NaN included).
 
 Training (glocalk.distributed): a 2-process run whose rank 1 hangs ends on rank 0 within the collective
 timeout with an error naming the cause and --resume; the state it left is the single-process format (a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import torch.multiprocessing as mp
 from conftest import tiny_ratings
 
 from glocalk.cli import main
+from glocalk.distributed import ShardedSpace
 from glocalk.errors import TrainingError
 from glocalk.model import GLocalK, GLocalKConfig, Stage
 from glocalk.protocol import RunOptions, train_run
@@ -89,10 +92,28 @@ def _check_pass(rank: int, world: int, config: GLocalKConfig, r: sp.csr_matrix, 
             assert _relative_error(g, ref) <= 1e-5, f"{case}: gradient of {name}"
 
 
+def _check_space(rank: int, world: int) -> None:
+    """ShardedSpace over [owned block | replicated tail] equals plain reductions of the whole vector."""
+    gen = torch.Generator().manual_seed(0)
+    owned, replicated = torch.randn(3, N_USERS, generator=gen, dtype=torch.float64), torch.randn(
+        3, 4, generator=gen, dtype=torch.float64)
+    shard = Shard.of(N_USERS, rank, world)
+    local = torch.cat([owned[:, shard.lo: shard.hi], replicated], 1)  # rows: three vectors
+    whole = torch.cat([owned, replicated], 1)
+    space = ShardedSpace(shard.n_local, rank)
+    assert torch.allclose(space.dot(local[0], local[1]), whole[0] @ whole[1], rtol=1e-12)
+    assert torch.allclose(space.dot(local[:2], local[2]), whole[:2] @ whole[2], rtol=1e-12)  # (k, n) rows
+    assert space.norm_inf(local[0]) == whole[0].abs().max()
+    if rank == world - 1:
+        local[0, 0] = math.nan
+    assert space.norm_inf(local[0]).isnan()  # a NaN on one rank is a NaN everywhere, as SciPy's projgr
+
+
 def _worker(rank: int, world: int, init_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        _check_space(rank, world)
         base = GLocalKConfig(n_hid=6, n_dim=3, n_layers=2, lambda_2=0.5, lambda_s=0.1)
         dense_r, sparse_r = _ratings(0.6, 0), _ratings(0.08, 1)
         _check_pass(rank, world, base, sparse_r, sparse=True, conv_dense=False)
