@@ -31,8 +31,8 @@ import torch.multiprocessing as mp
 from conftest import tiny_ratings
 
 from glocalk.cli import main
-from glocalk.distributed import ShardedSpace
-from glocalk.errors import TrainingError
+from glocalk.distributed import ProcessGroup, ShardedSpace, collective_timeout
+from glocalk.errors import ConfigError, TrainingError
 from glocalk.model import GLocalK, GLocalKConfig, Stage
 from glocalk.protocol import RunOptions, train_run
 from glocalk.sharded import USER_DIMS, Shard, ShardedGLocalK, halo_columns, prepare_shard_input, user_bounds
@@ -255,3 +255,16 @@ def test_torchrun_environment_is_checked_before_any_process_group(tmp_path, monk
     assert main([*base, "--optimizer", "lbfgsb"]) == 2
     assert "RANK and WORLD_SIZE must be integers" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_process_group_reads_the_torchrun_environment():
+    assert ProcessGroup.from_env({}) == ProcessGroup(0, 1, 0) and not ProcessGroup.from_env({}).sharded
+    group = ProcessGroup.from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
+    assert group.sharded and not group.writer
+    assert group.device("cuda") == "cuda:1" and group.device("cpu") == "cpu"  # each process its own GPU
+    with pytest.raises(ConfigError, match="RANK=8 is not in WORLD_SIZE=8"):
+        ProcessGroup.from_env({"RANK": "8", "WORLD_SIZE": "8"})
+    assert collective_timeout({}) == 600.0 and collective_timeout({"GLOCALK_DIST_TIMEOUT": "2.5"}) == 2.5
+    for bad in ("soon", "0", "-1", "inf"):
+        with pytest.raises(ConfigError, match="GLOCALK_DIST_TIMEOUT must be a number of seconds > 0"):
+            collective_timeout({"GLOCALK_DIST_TIMEOUT": bad})

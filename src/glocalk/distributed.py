@@ -101,7 +101,7 @@ class ProcessGroup:
         if not self.sharded or dist.is_initialized():
             return
         if timeout_s is None:
-            timeout_s = float(os.environ.get("GLOCALK_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+            timeout_s = collective_timeout()
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
@@ -120,6 +120,20 @@ class ProcessGroup:
         """Leave the group (if this process joined one)."""
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def collective_timeout(env: dict | None = None) -> float:
+    """Seconds a collective waits for the other ranks: $GLOCALK_DIST_TIMEOUT, else ``DEFAULT_TIMEOUT_S``."""
+    text = (os.environ if env is None else env).get("GLOCALK_DIST_TIMEOUT")
+    if text is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"GLOCALK_DIST_TIMEOUT must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def current_group() -> ProcessGroup:
