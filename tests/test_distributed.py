@@ -251,6 +251,9 @@ def test_torchrun_environment_is_checked_before_any_process_group(tmp_path, monk
     assert "--optimizer scipy cannot be sharded" in capsys.readouterr().err
     assert main([*base, "--optimizer", "lbfgsb", "--nproc", "3"]) == 2
     assert "--nproc 3 disagrees with the 2 processes torchrun started" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*base, "--optimizer", "lbfgsb", "--device", "cuda"]) == 2
+        assert "device 'cuda:0' requested but CUDA is not available" in capsys.readouterr().err
     monkeypatch.setenv("RANK", "x")
     assert main([*base, "--optimizer", "lbfgsb"]) == 2
     assert "RANK and WORLD_SIZE must be integers" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from glocalk.errors import ConfigError
 from glocalk.presets import PRESETS, preset
 from glocalk.protocol import run_experiment
 from glocalk.store import write_json_atomic
+from glocalk.train import resolve_device
 
 SUMMARY_ROWS = {"best": "paper (best fine-tuning epoch, test)", "final": "final epoch",
                 "val_selected": "validation-selected epoch", "ensemble": "ensemble of the seeds"}
@@ -87,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not group.sharded:
         return _train(args)
     _check_sharded(args, group)
+    resolve_device(group.device(args.device))  # no CUDA here: say so before joining an NCCL group
     group.start(group.device(args.device))
     try:
         args.quiet = args.quiet or not group.writer
