@@ -9,7 +9,7 @@ optimiser's ShardedSpace gives the dot products and inf-norm of the whole vector
 
 Training (glocalk.distributed): a 2-process run whose rank 1 hangs ends on rank 0 within the collective
 timeout with an error naming the cause and --resume; the state it left is the single-process format (a
-one-process Trainer restores and evaluates it); resumed on 2 processes, every epoch's RMSEs equal an
+one-process Trainer restores and evaluates it); resumed on 3 processes, every epoch's RMSEs equal an
 uninterrupted one-process run with the same optimiser to 1e-4, and rank 0 alone wrote files.
 """
 
@@ -190,7 +190,7 @@ def _train_worker(rank: int, world: int, store: str, out: str, hang: bool) -> No
         dist.destroy_process_group()
 
 
-def test_sharded_training_survives_a_hung_rank_and_resumes_to_the_single_process_result(tmp_path):
+def test_sharded_training_survives_a_hung_rank_and_resumes_on_3_to_the_single_process_result(tmp_path):
     want = train_run(_train_data(), TRAIN_MODEL, TRAIN_RUN).history
     out = tmp_path / "run"
     # Rank 1 hangs after epoch 3: rank 0 fails within the timeout with an error that says what happened.
@@ -204,8 +204,9 @@ def test_sharded_training_survives_a_hung_rank_and_resumes_to_the_single_process
     trainer = Trainer(_train_data(), TRAIN_MODEL, TRAIN_RUN)
     trainer.restore(*saved)
     assert trainer.evaluate(2)["test_rmse"] == pytest.approx(saved[1]["history"][-1]["test_rmse"], abs=1e-5)
-    # Resumed on 2 processes, the run ends where one process gets without interruption.
-    mp.spawn(_train_worker, args=(2, str(tmp_path / "store2"), str(out), False), nprocs=2)
+    # Resumed on 3 processes (another P: each cuts its blocks out of the gathered state), the run ends
+    # where one process gets without interruption.
+    mp.spawn(_train_worker, args=(3, str(tmp_path / "store2"), str(out), False), nprocs=3)
     got = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
     for mine, ref in zip(got, want, strict=True):
