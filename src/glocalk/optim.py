@@ -57,12 +57,15 @@ class LocalSpace:
     """
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``a @ b`` for ``b`` of shape (n,): a 0-d tensor for ``a`` of shape (n,), the k row products for (k, n)."""
+        """``a @ b`` over the vector axis (length n): a 0-d tensor for two (n,) vectors; for a (k, n) block of
+        vectors and b (n,) or (n, j), the (k,) or (k, j) products in one pass (a sharded space all-reduces
+        whatever shape it gets)."""
         return torch.matmul(a, b)
 
     def norm_inf(self, a: torch.Tensor) -> torch.Tensor:
         """max |a_i| as a 0-d tensor (NaN if any entry is NaN, as SciPy's ``projgr``)."""
-        return a.abs().amax()
+        lo, hi = torch.aminmax(a)  # one pass, no |a| temporary (several times faster than vector_norm on CPU)
+        return torch.maximum(-lo, hi)
 
 
 @dataclass
@@ -138,8 +141,9 @@ class LBFGSMemory:
         return self.buf[: self.col].reshape(2 * self.col, self.n)
 
     def _logical(self, values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(s-part, y-part) of per-row products of ``_block()``, reordered oldest pair first."""
-        v = values.double().cpu().numpy().reshape(self.col, 2)
+        """(s-part, y-part) of per-row products of ``_block()`` ((2 col,) or (2 col, j)), oldest pair first."""
+        v = values.double().cpu().numpy()
+        v = v.reshape((self.col, 2) + v.shape[1:])
         order = [(self.head + j) % self.m for j in range(self.col)]
         return v[order, 0], v[order, 1]
 
@@ -158,8 +162,9 @@ class LBFGSMemory:
         self.buf[self.tail, 0].copy_(s)
         self.buf[self.tail, 1].copy_(y)
         k = self.col - 1
-        with_s = self._logical(self.space.dot(self._block(), s))  # s_j.s, y_j.s
-        with_y = self._logical(self.space.dot(self._block(), y))  # s_j.y, y_j.y
+        s_dots, y_dots = self._logical(self.space.dot(self._block(), self.buf[self.tail].T))  # one pass
+        with_s = s_dots[:, 0], y_dots[:, 0]  # s_j.s, y_j.s
+        with_y = s_dots[:, 1], y_dots[:, 1]  # s_j.y, y_j.y
         self.theta = float(with_y[1][k]) / sy  # SciPy: ||y||^2 / s.y
         self.sy[k, :k], self.sy[:k, k], self.sy[k, k] = with_s[1][:k], with_y[0][:k], with_y[0][k]
         self.ss[k, :k] = self.ss[:k, k] = with_s[0][:k]
