@@ -103,6 +103,7 @@ def _check_space(rank: int, world: int) -> None:
     space = ShardedSpace(shard.n_local, rank)
     assert torch.allclose(space.dot(local[0], local[1]), whole[0] @ whole[1], rtol=1e-12)
     assert torch.allclose(space.dot(local[:2], local[2]), whole[:2] @ whole[2], rtol=1e-12)  # (k, n) rows
+    assert torch.allclose(space.dot(local[:2], local[1:].T), whole[:2] @ whole[1:].T, rtol=1e-12)  # (n, j)
     assert space.norm_inf(local[0]) == whole[0].abs().max()
     if rank == world - 1:
         local[0, 0] = math.nan

@@ -174,12 +174,13 @@ class ShardedSpace:
         self.n_owned, self.rank, self.group = n_owned, rank, group
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``a @ b`` over the whole sharded vector (a: (n,) or (k, n); b: (n,))."""
+        """``a @ b`` over the whole sharded vector (a: (n,) or (k, n); b: (n,) or (n, j)), one all-reduce."""
         if self.rank != 0:
             a, b = a[..., : self.n_owned], b[: self.n_owned]
-        out = torch.matmul(a, b).reshape(-1)
-        dist.all_reduce(out, group=self.group)
-        return out.reshape(a.shape[:-1])
+        out = torch.matmul(a, b)
+        flat = out.reshape(-1).contiguous()
+        dist.all_reduce(flat, group=self.group)
+        return flat.reshape(out.shape)
 
     def norm_inf(self, a: torch.Tensor) -> torch.Tensor:
         """max |a_i| over the whole vector (NaN if any rank holds a NaN)."""
