@@ -41,6 +41,9 @@ MANY_PARAMETERS = {
     # Kept on purpose: scikit-learn's estimator contract (get_params / set_params / clone) needs every
     # constructor argument as a named keyword, and model.json's "estimator" entry stores them by name.
     "glocalk/estimator.py::GLocalKRecommender.__init__": 14,  # + fallback, budget (issue 10)
+    # Kept on purpose: issue 11's contract mirrors SciPy's fmin_l_bfgs_b options by name (maxiter, m, factr,
+    # pgtol, maxls, maxfun) so one can be checked against the other; issue 13's sharding adds `space`.
+    "glocalk/optim.py::minimize_lbfgsb": 9,
 }
 # Imports inside functions of modules that are not optional dependencies (code_stats.OPTIONAL may be).
 INNER_IMPORTS = set()

@@ -55,7 +55,7 @@ def strip_times(history):
 # --------------------------------------------------------------------------- lbfgs_epoch
 
 
-@pytest.mark.parametrize("optimizer", ["scipy", "torch"])
+@pytest.mark.parametrize("optimizer", ["scipy", "torch", "lbfgsb"])
 def test_lbfgs_epoch_minimises_convex_quadratic(optimizer):
     rng = np.random.default_rng(0)
     m = rng.standard_normal((6, 6))
@@ -94,6 +94,23 @@ def test_lbfgs_epoch_respects_max_iter_and_restarts_from_current_values():
         assert out["loss"] == pytest.approx(loss_fn().item(), rel=1e-6), "reported loss is the loss at the result"
         losses.append(out["loss"])
     assert losses[0] > losses[1] > losses[2], f"each epoch must continue from the current parameters: {losses}"
+
+
+def test_device_lbfgsb_follows_scipy_on_a_small_run_and_leaves_parameters_their_own_storage():
+    """--optimizer lbfgsb is SciPy's L-BFGS-B with float32 state: on a short, well-conditioned run the epochs
+    take the same iterations and evaluations as --optimizer scipy and end at the same RMSEs (to 1e-3, the
+    float32 rounding that fine-tuning amplifies, as between the dense and sparse paths)."""
+    data = synthetic(seed=0)
+    runs = {}
+    for optimizer in ("scipy", "lbfgsb"):
+        tc = TrainConfig(epoch_p=4, epoch_f=2, iter_p=5, iter_f=5, seed=2, optimizer=optimizer)
+        runs[optimizer] = Trainer(data, GLocalKConfig(n_hid=24, n_dim=3, lambda_2=5.0, lambda_s=0.006), tc).run()
+    for rs, rl in zip(runs["scipy"].history, runs["lbfgsb"].history, strict=True):
+        assert (rs["nit"], rs["nfev"]) == (rl["nit"], rl["nfev"]), f"epoch {rs['epoch']}: {rs} vs {rl}"
+        assert rl["test_rmse"] == pytest.approx(rs["test_rmse"], abs=1e-3), f"epoch {rs['epoch']}"
+        assert rl["loss"] == pytest.approx(rs["loss"], rel=1e-3)
+    params = list(runs["lbfgsb"].model.parameters())
+    assert len({p.untyped_storage().data_ptr() for p in params}) == len(params), "parameters share storage"
 
 
 def test_lbfgs_epoch_rejects_unknown_optimizer():

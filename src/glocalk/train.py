@@ -7,9 +7,11 @@ Optimiser semantics follow the original TF code, which drove SciPy's L-BFGS-B th
 ``tf.contrib.opt.ScipyOptimizerInterface``: every epoch is one fresh ``minimize`` call
 (history 10, at most ``iter`` iterations, SciPy's default tolerances and line search),
 so curvature history is dropped between epochs. Loss and gradient come from PyTorch in
-float32 and are handed to SciPy in float64, exactly as TF did. ``optimizer="torch"`` uses
-``torch.optim.LBFGS`` with a strong-Wolfe line search instead (keeps everything on the
-GPU; same algorithm family, not bit-identical numbers).
+float32 and are handed to SciPy in float64, exactly as TF did. ``optimizer="lbfgsb"`` runs the
+same L-BFGS-B (``glocalk.optim``: SciPy's iterates) in torch on the parameters' device, with
+float32 state and no host copies. ``optimizer="torch"`` uses ``torch.optim.LBFGS`` with a
+strong-Wolfe line search instead (keeps everything on the GPU; same algorithm family, not
+bit-identical numbers).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from glocalk.errors import CheckpointError, ConfigError, TrainingError, option_n
 from glocalk.inputs import TrainingInput, choose_execution, prepare_input
 from glocalk.metrics import evaluate
 from glocalk.model import GLocalK, GLocalKConfig
+from glocalk.optim import LBFGSB, LBFGSBOptions
 from glocalk.sparse import SparsePattern
 
-OPTIMIZERS = ("scipy", "torch")
+OPTIMIZERS = ("scipy", "torch", "lbfgsb")
 PATHS = ("auto", "dense", "sparse")
 STATE_KIND = "glocalk-training-state"
 SELECTED = "selected."  # prefix of the val-selected epoch's tensors in ``Trainer.state``
@@ -51,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     path: str = "auto"  # "dense", "sparse" or "auto" (by size and density)
-    optimizer: str = "scipy"  # "scipy" (L-BFGS-B, as the original) or "torch" (LBFGS, strong Wolfe)
+    optimizer: str = "scipy"  # "scipy" (L-BFGS-B, as the original), "lbfgsb" (the same on the device) or "torch"
     patience: int | None = None  # stop fine-tuning after this many epochs without a better val RMSE
     threads: int | None = None  # torch intra-op threads (None: torch's default)
 
@@ -166,8 +169,10 @@ def lbfgs_epoch(params: list[torch.nn.Parameter], loss_fn: Callable[[], torch.Te
         with torch.no_grad():
             final = loss_fn().item()
         return {"loss": final, "nfev": nfev, "nit": int(state.get("n_iter", 0))}
+    if optimizer == "lbfgsb":
+        return _device_lbfgsb_epoch(params, loss_fn, max_iter)
     if optimizer != "scipy":
-        raise ConfigError(f"optimizer must be 'scipy' or 'torch', got {optimizer!r}")
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         host_assign(params, x)
@@ -181,6 +186,31 @@ def lbfgs_epoch(params: list[torch.nn.Parameter], loss_fn: Callable[[], torch.Te
     res = scipy.optimize.minimize(fun, host_flat(params), jac=True, method="L-BFGS-B",
                                   options={"maxiter": max_iter, "maxcor": 10})
     host_assign(params, res.x)
+    return {"loss": float(res.fun), "nfev": int(res.nfev), "nit": int(res.nit)}
+
+
+def _device_lbfgsb_epoch(params: list[torch.nn.Parameter], loss_fn: Callable[[], torch.Tensor],
+                         max_iter: int) -> dict:
+    """lbfgs_epoch's "lbfgsb": SciPy's L-BFGS-B (same options and wrapper rule) in torch on the parameters'
+    device; the parameters are views into the optimiser's flat buffer while it runs."""
+    opt = LBFGSB(params, options=LBFGSBOptions(maxiter=max_iter, m=10))
+
+    def closure() -> torch.Tensor:
+        for p in params:
+            p.grad = None
+        loss = loss_fn()
+        loss.backward()
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = torch.stack([torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in grads])
+        if not bool(finite.all()):
+            # As the scipy wrapper: let the line search back off from a step that overflowed.
+            for g in grads:
+                g.zero_()
+            return torch.tensor(math.inf)
+        return loss
+
+    res = opt.step(closure)
+    opt.release()  # each parameter its own storage again (saving with safetensors needs it)
     return {"loss": float(res.fun), "nfev": int(res.nfev), "nit": int(res.nit)}
 
 

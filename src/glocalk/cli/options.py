@@ -67,8 +67,9 @@ def add_execution(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     e.add_argument("--path", choices=["auto", "dense", "sparse"], default=None,
                    help="execution path: dense O(items*users) or sparse O(nnz) maths, same results "
                         "(default auto: by size and density)")
-    e.add_argument("--optimizer", choices=["scipy", "torch"], default=None,
-                   help="scipy: L-BFGS-B as the original code (default); torch: torch.optim.LBFGS "
+    e.add_argument("--optimizer", choices=["scipy", "lbfgsb", "torch"], default=None,
+                   help="scipy: L-BFGS-B as the original code (default); lbfgsb: the same L-BFGS-B "
+                        "(SciPy's iterates) in torch on --device, no host copies; torch: torch.optim.LBFGS "
                         "with strong Wolfe line search (stays on the GPU)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,0 +1,601 @@
+"""L-BFGS-B in torch, on the parameters' device: SciPy's iterates for the unconstrained case.
+
+GLocal-K trains with SciPy's L-BFGS-B (as the original TF code did), which runs on the host in float64 and
+copies every parameter out of and back into torch at each evaluation. This module is the same algorithm on
+torch tensors, following SciPy 1.17.1 step by step -- ``scipy/optimize/__lbfgsb.c`` (a C port of L-BFGS-B
+3.0) and its driver ``_lbfgsb_py.py`` -- for the only case GLocal-K uses, no bounds:
+
+- the search direction is ``-H g`` from the limited-memory BFGS matrix in SciPy's compact form (``formk``,
+  ``subsm``; the last m pairs, theta = y.y / s.y), or ``-g`` while the memory is empty (``cauchy``);
+- a pair is skipped when s.y <= eps * (-g.d) (``mainlb``'s curvature test);
+- the line search is Moré–Thuente's ``dcsrch``/``dcstep`` (ftol 1e-3, gtol 0.9, xtol 0.1), first trial step
+  min(1/||d||, 1e10) on the first iteration and 1 afterwards, at most ``maxls`` evaluations (``lnsrlb``);
+- a failed line search (or an ascent direction) empties the memory and retries along -g; with the memory
+  already empty the run ends ``ABNORMAL``;
+- the stopping tests, counters and messages are SciPy's: ``nit`` counts accepted iterations, ``nfev`` the
+  evaluations (one at an x equal to the previous one is not repeated, as SciPy's cache does), ``maxiter``
+  and ``maxfun`` are checked after each iteration, before the convergence tests.
+
+The long vectors (x, g, the direction, the pairs) stay on the device in the state's dtype; the small
+2m x 2m algebra and the line search's scalars are float64 on the host, as in SciPy. Every inner product
+and norm of a long vector goes through one ``space`` object (``LocalSpace`` by default), so a vector sharded
+across processes needs only a space whose reductions all-reduce.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from glocalk.errors import ConfigError
+
+EPSMACH = 2.220446049250313e-16  # np.finfo(np.float64).eps, as __lbfgsb.c
+STPMAX = 1e10  # lnsrlb's largest step when no variable is bounded
+FTOL, GTOL, XTOL = 1e-3, 0.9, 0.1  # lnsrlb's line-search constants
+XTRAPL, XTRAPU = 1.1, 4.0  # dcsrch's extrapolation bounds
+
+# SciPy's res.message for each way a run ends (status_messages + ": " + task_messages in _lbfgsb_py.py).
+CONV_GRAD = "CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL"
+CONV_F = "CONVERGENCE: RELATIVE REDUCTION OF F <= FACTR*EPSMCH"
+STOP_ITER = "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"
+STOP_MAXFUN = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
+ABNORMAL = "ABNORMAL: "
+
+Closure = Callable[[], "torch.Tensor | float"]
+Fun = Callable[[torch.Tensor], tuple["torch.Tensor | float", torch.Tensor]]
+
+
+class LocalSpace:
+    """Inner products and norms of vectors held whole on one device.
+
+    The optimiser reduces a long vector only through these two methods; a vector sharded across processes
+    passes a space whose methods all-reduce the local results (everything else it does is elementwise).
+    """
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a @ b`` for ``b`` of shape (n,): a 0-d tensor for ``a`` of shape (n,), the k row products for (k, n)."""
+        return torch.matmul(a, b)
+
+    def norm_inf(self, a: torch.Tensor) -> torch.Tensor:
+        """max |a_i| as a 0-d tensor (NaN if any entry is NaN, as SciPy's ``projgr``)."""
+        return a.abs().amax()
+
+
+@dataclass
+class LBFGSBOptions:
+    """SciPy's L-BFGS-B options (``fmin_l_bfgs_b`` names; ``minimize``'s ftol = factr * eps, gtol = pgtol)."""
+
+    maxiter: int = 15000
+    """Stop after this many iterations (checked after each)."""
+    m: int = 10
+    """Pairs kept in the limited memory (SciPy's maxcor)."""
+    factr: float = 1e7
+    """Stop when (f_old - f) <= factr * eps * max(|f_old|, |f|, 1)."""
+    pgtol: float = 1e-5
+    """Stop when max |g_i| <= pgtol."""
+    maxls: int = 20
+    """Evaluations allowed per line search."""
+    maxfun: int = 15000
+    """Stop after an iteration that brought the evaluations past this."""
+
+    def validate(self) -> LBFGSBOptions:
+        """Raise ConfigError naming the first invalid option; returns self."""
+        for name, low in (("maxiter", 0), ("m", 1), ("maxls", 1), ("maxfun", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+                raise ConfigError(f"L-BFGS-B option {name} must be an integer >= {low}, got {value!r}")
+        for name in ("factr", "pgtol"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value >= 0:
+                raise ConfigError(f"L-BFGS-B option {name} must be a number >= 0, got {value!r}")
+        return self
+
+
+@dataclass
+class LBFGSBResult:
+    """What a run ends with, under SciPy's ``OptimizeResult`` names (``status``: 0 converged, 1 a limit, 2 else)."""
+
+    x: torch.Tensor
+    fun: float
+    jac: torch.Tensor
+    nit: int
+    nfev: int
+    success: bool
+    message: str
+    status: int
+
+
+class LBFGSMemory:
+    """The limited-memory BFGS matrix in SciPy's compact form (Byrd, Nocedal and Schnabel 1994).
+
+    Holds the last ``col <= m`` pairs s = x+ - x, y = g+ - g on the device, oldest first, and the small
+    matrices S'Y, S'S, Y'Y and D = diag(s_i.y_i) on the host in float64; theta = y.y / s.y of the newest
+    pair. ``direction`` gives -H g with H the inverse of B = theta I - W M W' (W = [Y, theta S]), solved
+    through the factorisation SciPy's ``formk`` builds -- mathematically the two-loop recursion's matrix.
+    """
+
+    def __init__(self, n: int, m: int, rows: int, like: torch.Tensor, space: LocalSpace) -> None:
+        # buf[p, 0] = s, buf[p, 1] = y of the pair in physical slot p; a ring of m slots of which `rows`
+        # are allocated (a run of maxiter < m iterations never makes more than maxiter - 1 pairs).
+        self.buf = torch.empty((rows, 2, n), dtype=like.dtype, device=like.device)
+        self.m, self.n, self.space = m, n, space
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every pair (SciPy's "refresh the lbfgs memory")."""
+        self.col, self.head, self.tail, self.updates, self.theta = 0, 0, 0, 0, 1.0
+        m = self.m
+        self.sy, self.ss, self.yy = np.zeros((m, m)), np.zeros((m, m)), np.zeros((m, m))
+        self.d = np.zeros(m)  # s_i.y_i as the line search measured it: (g+.d - g.d) * stp
+        self.factor: torch.Tensor | None = None
+
+    def _block(self) -> torch.Tensor:
+        """The stored pairs as a (2 col, n) block, rows s_p, y_p per physical slot p."""
+        return self.buf[: self.col].reshape(2 * self.col, self.n)
+
+    def _logical(self, values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(s-part, y-part) of per-row products of ``_block()``, reordered oldest pair first."""
+        v = values.double().cpu().numpy().reshape(self.col, 2)
+        order = [(self.head + j) % self.m for j in range(self.col)]
+        return v[order, 0], v[order, 1]
+
+    def update(self, s: torch.Tensor, y: torch.Tensor, sy: float, ss: float) -> bool:
+        """Add the pair (s, y) with s.y = ``sy`` and s.s = ``ss`` (``matupd``); False if T = theta S'S + L D^-1 L'
+        is not positive definite (``formt``), when the caller must ``reset``."""
+        m = self.m
+        self.updates += 1
+        if self.updates <= m:
+            self.col, self.tail = self.updates, (self.head + self.updates - 1) % m
+        else:
+            self.tail, self.head = (self.tail + 1) % m, (self.head + 1) % m
+            for a in (self.sy, self.ss, self.yy):
+                a[:-1, :-1] = a[1:, 1:].copy()
+            self.d[:-1] = self.d[1:].copy()
+        self.buf[self.tail, 0].copy_(s)
+        self.buf[self.tail, 1].copy_(y)
+        k = self.col - 1
+        with_s = self._logical(self.space.dot(self._block(), s))  # s_j.s, y_j.s
+        with_y = self._logical(self.space.dot(self._block(), y))  # s_j.y, y_j.y
+        self.theta = float(with_y[1][k]) / sy  # SciPy: ||y||^2 / s.y
+        self.sy[k, :k], self.sy[:k, k], self.sy[k, k] = with_s[1][:k], with_y[0][:k], with_y[0][k]
+        self.ss[k, :k] = self.ss[:k, k] = with_s[0][:k]
+        self.ss[k, k] = ss
+        self.yy[k, :k] = self.yy[:k, k] = with_y[1][:k]
+        self.yy[k, k] = with_y[1][k]
+        self.d[k] = sy
+        if not self._formt_ok():
+            return False
+        self.factor = self._formk()
+        return True
+
+    def _formt_ok(self) -> bool:
+        """SciPy's ``formt``: whether T = theta S'S + L D^-1 L' (L: S'Y below the diagonal) is positive definite."""
+        c = self.col
+        low = np.tril(self.sy[:c, :c], -1)
+        t = self.theta * self.ss[:c, :c] + (low / self.d[:c]) @ low.T
+        return int(torch.linalg.cholesky_ex(torch.from_numpy(t))[1]) == 0
+
+    def _formk(self) -> torch.Tensor | None:
+        """SciPy's ``formk`` with every variable free: the upper factor U of the middle 2c x 2c matrix,
+        K = [[D + Y'Y/theta, R'], [R, 0]] = [[J1', 0], [X', J2']] [[-I, 0], [0, I]]-signed, or None."""
+        c, theta = self.col, self.theta
+        top = torch.from_numpy(self.yy[:c, :c] / theta + np.diag(self.d[:c]))
+        lower1, info1 = torch.linalg.cholesky_ex(top)
+        # Upper-right block: R' with R the upper triangle of S'Y, entry (a, b) = s_b.y_a for a >= b, else 0
+        # (formk's wn assembly; L_a, the active variables' part, is empty without bounds).
+        ur = np.tril(self.sy[:c, :c].T)
+        x = torch.linalg.solve_triangular(lower1, torch.from_numpy(ur), upper=False)
+        lower2, info2 = torch.linalg.cholesky_ex(x.T @ x)
+        if int(info1) or int(info2):
+            return None
+        u = torch.zeros((2 * c, 2 * c), dtype=torch.float64)
+        u[:c, :c], u[:c, c:], u[c:, c:] = lower1.T, x, lower2.T
+        return u
+
+    def direction(self, g: torch.Tensor, out: torch.Tensor) -> bool:
+        """out := -H g (SciPy's ``cmprlb`` and ``subsm`` with every variable free); False if the factor failed."""
+        if self.factor is None:
+            return False
+        c, theta = self.col, self.theta
+        gs, gy = self._logical(self.space.dot(self._block(), g))
+        wv = torch.from_numpy(np.concatenate([-gy, -theta * gs]))[:, None]  # W'r with r = -g
+        v = torch.linalg.solve_triangular(self.factor.T, wv, upper=False)
+        v[:c] = -v[:c]
+        z = torch.linalg.solve_triangular(self.factor, v, upper=True)[:, 0].numpy()
+        coef = np.zeros((c, 2))  # per physical slot: (coefficient of s, of y)
+        order = [(self.head + j) % self.m for j in range(c)]
+        coef[order, 0], coef[order, 1] = z[c:], z[:c] / theta
+        torch.mv(self._block().T, torch.from_numpy(coef.reshape(-1)).to(out.device, out.dtype), out=out)
+        out.sub_(g).mul_(1.0 / theta)
+        return True
+
+
+# -- the line search: SciPy's dcsrch and dcstep (Moré and Thuente 1994), in float64 on the host -------------
+
+F64 = np.float64
+
+
+def _fmax(*values: F64) -> F64:
+    """C's fmax over several values (a NaN loses to a number)."""
+    out = values[0]
+    for v in values[1:]:
+        out = np.fmax(out, v)
+    return out
+
+
+@dataclass
+class _Interval:
+    """dcstep's state: the best step so far (stx), the other end (sty), their f and f', whether bracketed."""
+
+    stx: F64
+    fx: F64
+    gx: F64
+    sty: F64
+    fy: F64
+    gy: F64
+    brackt: bool = False
+
+
+def _cubic_gamma(theta: F64, d1: F64, d2: F64) -> F64:
+    s = _fmax(abs(theta), abs(d1), abs(d2))
+    return s * np.sqrt((theta / s) ** 2 - (d1 / s) * (d2 / s))
+
+
+def _dcstep(iv: _Interval, stp: F64, fp: F64, dp: F64, bounds: tuple[F64, F64]) -> F64:
+    """The safeguarded trial step (SciPy's ``dcstep``); updates ``iv`` and returns the new step."""
+    stx, fx, dx, sty, fy, dy = iv.stx, iv.fx, iv.gx, iv.sty, iv.fy, iv.gy
+    stpmin, stpmax = bounds
+    sgnd = dp * (dx / abs(dx))
+    if fp > fx:  # a higher function value: the minimum is bracketed
+        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+        gamma = _cubic_gamma(theta, dx, dp)
+        gamma = -gamma if stp < stx else gamma
+        stpc = stx + (((gamma - dx) + theta) / (((gamma - dx) + gamma) + dp)) * (stp - stx)
+        stpq = stx + ((dx / ((fx - fp) / (stp - stx) + dx)) / 2.0) * (stp - stx)
+        stpf = stpc if abs(stpc - stx) < abs(stpq - stx) else stpc + (stpq - stpc) / 2.0
+        iv.brackt = True
+    elif sgnd < 0.0:  # derivatives of opposite sign: bracketed
+        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+        gamma = _cubic_gamma(theta, dx, dp)
+        gamma = -gamma if stp > stx else gamma
+        stpc = stp + (((gamma - dp) + theta) / (((gamma - dp) + gamma) + dx)) * (stx - stp)
+        stpq = stp + (dp / (dp - dx)) * (stx - stp)
+        stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
+        iv.brackt = True
+    elif abs(dp) < abs(dx):  # same sign, the derivative's magnitude decreases
+        stpf = _dcstep_decreasing(iv, stp, fp, dp, bounds)
+    elif iv.brackt:  # same sign, no decrease: the cubic towards sty
+        theta = 3.0 * (fp - fy) / (sty - stp) + dy + dp
+        gamma = _cubic_gamma(theta, dy, dp)
+        gamma = -gamma if stp > sty else gamma
+        stpf = stp + (((gamma - dp) + theta) / (((gamma - dp) + gamma) + dy)) * (sty - stp)
+    else:
+        stpf = stpmax if stp > stx else stpmin
+    if fp > fx:
+        iv.sty, iv.fy, iv.gy = stp, fp, dp
+    else:
+        if sgnd < 0.0:
+            iv.sty, iv.fy, iv.gy = stx, fx, dx
+        iv.stx, iv.fx, iv.gx = stp, fp, dp
+    return stpf
+
+
+def _dcstep_decreasing(iv: _Interval, stp: F64, fp: F64, dp: F64, bounds: tuple[F64, F64]) -> F64:
+    """dcstep's third case: the cubic may not have a minimiser beyond stp; extrapolate, safeguarded."""
+    stx, fx, dx = iv.stx, iv.fx, iv.gx
+    stpmin, stpmax = bounds
+    theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+    s = _fmax(abs(theta), abs(dx), abs(dp))
+    gamma = s * np.sqrt(np.fmax(0.0, (theta / s) ** 2 - (dx / s) * (dp / s)))
+    gamma = -gamma if stp > stx else gamma
+    r = ((gamma - dp) + theta) / ((gamma + (dx - dp)) + gamma)
+    if r < 0.0 and gamma != 0.0:
+        stpc = stp + r * (stx - stp)
+    else:
+        stpc = stpmax if stp > stx else stpmin
+    stpq = stp + (dp / (dp - dx)) * (stx - stp)
+    if iv.brackt:
+        stpf = stpc if abs(stpc - stp) < abs(stpq - stp) else stpq
+        if stp > stx:
+            return np.fmin(stp + 0.66 * (iv.sty - stp), stpf)
+        return np.fmax(stp + 0.66 * (iv.sty - stp), stpf)
+    stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
+    return np.fmax(stpmin, np.fmin(stpmax, stpf))
+
+
+class _LineSearch:
+    """SciPy's ``dcsrch`` from its START call on: ``next(f, g, stp)`` answers "converged", "warning" or the
+    next trial step (g: the directional derivative at stp)."""
+
+    def __init__(self, f: float, g: float, stp: float, stpmax: float) -> None:
+        self.stage, self.finit, self.ginit, self.gtest = 1, F64(f), F64(g), F64(FTOL) * F64(g)
+        self.stpmin, self.stpmax = F64(0.0), F64(stpmax)
+        self.width = self.stpmax - self.stpmin
+        self.width1 = self.width / 0.5
+        self.iv = _Interval(F64(0.0), self.finit, self.ginit, F64(0.0), self.finit, self.ginit)
+        self.stmin, self.stmax = F64(0.0), F64(stp) + XTRAPU * F64(stp)
+
+    def _ends(self, f: F64, g: F64, stp: F64, ftest: F64) -> str | None:
+        """dcsrch's tests, in its order (a later one overrides an earlier one)."""
+        task, iv = None, self.iv
+        if iv.brackt and (stp <= self.stmin or stp >= self.stmax):
+            task = "warning"  # rounding errors prevent progress
+        if iv.brackt and self.stmax - self.stmin <= XTOL * self.stmax:
+            task = "warning"  # xtol test satisfied
+        if stp == self.stpmax and f <= ftest and g <= self.gtest:
+            task = "warning"  # stp = stpmax
+        if stp == self.stpmin and (f > ftest or g >= self.gtest):
+            task = "warning"  # stp = stpmin
+        if f <= ftest and abs(g) <= GTOL * (-self.ginit):
+            task = "converged"
+        return task
+
+    def next(self, f: float, g: float, stp: float) -> str | float:
+        """The verdict on the step just evaluated, or the next step to evaluate."""
+        with np.errstate(all="ignore"):  # IEEE results (inf, NaN) as in C, where Python floats would raise
+            return self._next(F64(f), F64(g), F64(stp))
+
+    def _next(self, f: F64, g: F64, stp: F64) -> str | float:
+        ftest = self.finit + stp * self.gtest
+        if self.stage == 1 and f <= ftest and g >= 0.0:
+            self.stage = 2
+        task = self._ends(f, g, stp, ftest)
+        if task is not None:
+            return task
+        iv, gtest, bounds = self.iv, self.gtest, (self.stmin, self.stmax)
+        if self.stage == 1 and f <= iv.fx and f > ftest:
+            # The modified function psi(stp) = f - stp * gtest until a step of sufficient decrease is found.
+            iv.fx, iv.fy, iv.gx, iv.gy = iv.fx - iv.stx * gtest, iv.fy - iv.sty * gtest, iv.gx - gtest, iv.gy - gtest
+            stp = _dcstep(iv, stp, f - stp * gtest, g - gtest, bounds)
+            iv.fx, iv.fy, iv.gx, iv.gy = iv.fx + iv.stx * gtest, iv.fy + iv.sty * gtest, iv.gx + gtest, iv.gy + gtest
+        else:
+            stp = _dcstep(iv, stp, f, g, bounds)
+        return float(self._safeguard(stp))
+
+    def _safeguard(self, stp: F64) -> F64:
+        """Bisect when the interval shrinks too slowly, set the next interval, clamp (dcsrch's tail)."""
+        iv = self.iv
+        if iv.brackt:
+            if abs(iv.sty - iv.stx) >= 0.66 * self.width1:
+                stp = iv.stx + 0.5 * (iv.sty - iv.stx)
+            self.width1 = self.width
+            self.width = abs(iv.sty - iv.stx)
+            self.stmin, self.stmax = np.fmin(iv.stx, iv.sty), np.fmax(iv.stx, iv.sty)
+        else:
+            self.stmin = stp + XTRAPL * (stp - iv.stx)
+            self.stmax = stp + XTRAPU * (stp - iv.stx)
+        stp = np.fmin(np.fmax(stp, self.stpmin), self.stpmax)
+        if iv.brackt and (stp <= self.stmin or stp >= self.stmax or self.stmax - self.stmin <= XTOL * self.stmax):
+            stp = iv.stx
+        return stp
+
+
+# -- mainlb and the driver's loop ------------------------------------------------------------------------------
+
+
+class _Run:
+    """One SciPy ``minimize`` call from x: ``mainlb``'s loop, unconstrained, with ``_lbfgsb_py``'s checks.
+
+    ``evaluate()`` reads x, writes g in place and returns f; both are the caller's 1-D buffers.
+    """
+
+    def __init__(self, x: torch.Tensor, g: torch.Tensor, evaluate: Callable[[], float], options: LBFGSBOptions,
+                 space: LocalSpace) -> None:
+        self.x, self.g, self.evaluate_fn, self.o, self.space = x, g, evaluate, options, space
+        self.d, self.t, self.r = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+        self.memory = LBFGSMemory(x.numel(), options.m, min(options.m, max(options.maxiter, 1)), x, space)
+        self.f = self.fold = self.gd = self.gdold = self.stp = self.dtd = 0.0
+        self.nfev = self.nit = self.iter = 0
+        self.x_is_last = False  # whether x holds the point evaluated last (not so after a failed line search)
+
+    def _evaluate(self) -> None:
+        self.f = float(self.evaluate_fn())
+        self.nfev += 1
+        self.x_is_last = True
+
+    def _evaluate_at(self, stp: float) -> None:
+        """x := t + stp d and evaluate there, unless x is bitwise the last x evaluated: SciPy's ScalarFunction
+        then returns its cached f and g without counting an evaluation."""
+        new = self.t + self.d if stp == 1.0 else torch.add(self.t, self.d, alpha=stp)
+        if self.x_is_last and torch.equal(new, self.x):
+            return
+        self.x.copy_(new)
+        self._evaluate()
+
+    def run(self) -> LBFGSBResult:
+        """Iterate until a stopping test or a limit; the buffers hold the final x and g."""
+        o = self.o
+        self._evaluate()
+        if float(self.space.norm_inf(self.g)) <= o.pgtol:
+            return self._result(CONV_GRAD)
+        while True:
+            if not self._direction():
+                continue
+            if not self._line_search():
+                self.x.copy_(self.t)  # back to the iteration's start
+                self.x_is_last = False
+                self.g.copy_(self.r)
+                self.f = self.fold
+                if self.memory.col == 0:
+                    return self._result(ABNORMAL)
+                self.memory.reset()
+                continue
+            self.iter += 1
+            self.nit += 1
+            sbgnrm = float(self.space.norm_inf(self.g))
+            if self.nit >= o.maxiter:
+                return self._result(STOP_ITER)
+            if self.nfev > o.maxfun:
+                return self._result(STOP_MAXFUN)
+            if sbgnrm <= o.pgtol:
+                return self._result(CONV_GRAD)
+            if self.fold - self.f <= o.factr * EPSMACH * max(abs(self.fold), abs(self.f), 1.0):
+                return self._result(CONV_F)
+            self._update()
+
+    def _direction(self) -> bool:
+        """d := -H g, or -g with an empty memory; False (memory emptied) if the factorisation failed."""
+        if self.memory.col > 0:
+            if not self.memory.direction(self.g, self.d):
+                self.memory.reset()
+                return False
+        else:
+            torch.neg(self.g, out=self.d)  # cauchy's point x - g/theta with theta = 1
+        self.d.add_(self.x).sub_(self.x)  # SciPy forms z = x + d, then d = z - x
+        return True
+
+    def _line_search(self) -> bool:
+        """lnsrlb + dcsrch along d from x; True when a step is accepted (x, f, g there), False if it failed."""
+        dnorm = math.sqrt(float(self.space.dot(self.d, self.d)))
+        self.dtd = dnorm**2
+        stp = (min(1.0 / dnorm, STPMAX) if dnorm > 0 else STPMAX) if self.iter == 0 else 1.0
+        self.t.copy_(self.x)
+        self.r.copy_(self.g)
+        self.fold = self.f
+        search, tries = None, 0
+        while True:
+            gd = float(self.space.dot(self.g, self.d))
+            if search is None:
+                self.gdold = gd
+                if gd >= 0.0:
+                    return False  # not a descent direction (SciPy: gd >= 0)
+                search, step = _LineSearch(self.f, gd, stp, STPMAX), stp
+            else:
+                step = search.next(self.f, gd, stp)
+            if isinstance(step, str):  # converged (or a warning, which SciPy accepts as well)
+                self.gd, self.stp = gd, stp
+                return True
+            stp, tries = step, tries + 1
+            if tries > self.o.maxls:
+                return False
+            self._evaluate_at(stp)
+
+    def _update(self) -> None:
+        """Add the pair s = stp d, y = g - g_old unless s.y <= eps (-g_old.s) (SciPy's curvature test)."""
+        stp = self.stp
+        dr = (self.gd - self.gdold) * (1.0 if stp == 1.0 else stp)
+        if dr <= EPSMACH * (-self.gdold * (1.0 if stp == 1.0 else stp)):
+            return  # skip the update
+        if stp != 1.0:
+            self.d.mul_(stp)
+        torch.sub(self.g, self.r, out=self.r)
+        if not self.memory.update(self.d, self.r, dr, self.dtd if stp == 1.0 else stp * stp * self.dtd):
+            self.memory.reset()
+
+    def _result(self, message: str) -> LBFGSBResult:
+        o = self.o
+        status = 0 if message.startswith("CONVERGENCE") else 1 if (
+            self.nfev > o.maxfun or self.nit >= o.maxiter) else 2
+        return LBFGSBResult(x=self.x, fun=self.f, jac=self.g, nit=self.nit, nfev=self.nfev, success=status == 0,
+                            message=message, status=status)
+
+
+def minimize_lbfgsb(fun: Fun, x0: torch.Tensor, *, maxiter: int = 15000, m: int = 10, factr: float = 1e7,
+                    pgtol: float = 1e-5, maxls: int = 20, maxfun: int = 15000,
+                    space: LocalSpace | None = None) -> LBFGSBResult:
+    """Minimise ``fun`` from ``x0`` as ``scipy.optimize.minimize(method="L-BFGS-B")`` does without bounds.
+
+    ``fun(x) -> (f, g)``: the value (a number or 0-d tensor) and gradient at the 1-D tensor x, which it must
+    not modify. The run keeps x0's device and dtype; x0 itself is not changed. Options as SciPy's
+    ``fmin_l_bfgs_b`` (``minimize``'s ftol = factr * 2.22e-16, gtol = pgtol, maxcor = m). ``space``: where
+    inner products and norms are taken (default ``LocalSpace()``). Returns x, fun, jac, nit, nfev, success,
+    message (SciPy's strings) and status.
+    """
+    options = LBFGSBOptions(maxiter, m, factr, pgtol, maxls, maxfun).validate()
+    if not isinstance(x0, torch.Tensor) or x0.dim() != 1 or x0.numel() == 0 or not x0.is_floating_point():
+        raise ConfigError(f"x0 must be a non-empty 1-D floating-point torch tensor, got {_describe(x0)}")
+    x = x0.detach().clone()
+    g = torch.empty_like(x)
+
+    def evaluate() -> float:
+        f, grad = fun(x)
+        g.copy_(grad.detach().reshape(-1))
+        return _number(f)
+
+    return _Run(x, g, evaluate, options, space or LocalSpace()).run()
+
+
+def _number(value: torch.Tensor | float) -> float:
+    """A loss as a Python float (one device sync for a tensor)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return type(x).__name__
+
+
+class LBFGSB:
+    """SciPy's L-BFGS-B (unconstrained) over a list of parameter tensors, on their device.
+
+    The parameters are copied once into one flat buffer of ``dtype`` (float32 by default, float64 available)
+    and, when their dtype is that one, become views into it, so an evaluation copies nothing; otherwise the
+    buffer is copied into them (on the device) before each evaluation. ``step(closure)`` is one fresh SciPy
+    ``minimize`` call from the parameters' current values (the limited memory does not outlive it), as the
+    trainer's epochs are. ``release()`` gives each parameter its own storage again (safetensors refuses
+    tensors that share memory).
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], *, options: LBFGSBOptions | None = None,
+                 dtype: torch.dtype = torch.float32, space: LocalSpace | None = None) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ConfigError("LBFGSB needs at least one parameter tensor, got none")
+        devices = {p.device for p in self.params}
+        if len(devices) != 1:
+            raise ConfigError(f"LBFGSB's parameters must share one device, got {sorted(map(str, devices))}")
+        self.options = (options or LBFGSBOptions()).validate()
+        self.space = space or LocalSpace()
+        with torch.no_grad():
+            self.x = torch.cat([p.detach().reshape(-1).to(dtype) for p in self.params])
+        self.g = torch.empty_like(self.x)
+        self.views = all(p.dtype == dtype for p in self.params)
+        if self.views:
+            for p, view in zip(self.params, self._split(self.x), strict=True):
+                p.data = view
+
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``flat`` cut into views shaped like the parameters."""
+        out, offset = [], 0
+        for p in self.params:
+            out.append(flat[offset: offset + p.numel()].view_as(p))
+            offset += p.numel()
+        return out
+
+    def _to_params(self) -> None:
+        if not self.views:
+            with torch.no_grad():
+                for p, view in zip(self.params, self._split(self.x), strict=True):
+                    p.copy_(view)
+
+    def step(self, closure: Closure) -> LBFGSBResult:
+        """Minimise from the current values; ``closure()`` computes the loss, fills each ``p.grad`` (None
+        counts as zero) and returns the loss. The parameters end at the result's x."""
+
+        def evaluate() -> float:
+            self._to_params()
+            loss = closure()
+            with torch.no_grad():
+                for p, gv in zip(self.params, self._split(self.g), strict=True):
+                    if p.grad is None:
+                        gv.zero_()
+                    else:
+                        gv.copy_(p.grad)
+            return _number(loss)
+
+        result = _Run(self.x, self.g, evaluate, self.options, self.space).run()
+        self._to_params()
+        return result
+
+    def release(self) -> None:
+        """Give each parameter its own storage (a copy of its current value), ending the sharing."""
+        if self.views:
+            with torch.no_grad():
+                for p in self.params:
+                    p.data = p.data.clone()
+            self.views = False
