@@ -53,7 +53,9 @@ class Scorer:
             net = _model_with(m.state, model.input.shape, config)
             h, weights = net.hidden_representation(data, m.stage)
             w, b = weights[-1]
-            self.factors.append((h.numpy(), w.detach().numpy(), b.detach().numpy()))
+            # Fortran order: a user's column w[:, u] is contiguous, which makes one user's scores (h @ w[:, u])
+            # several times faster; the same numbers.
+            self.factors.append((h.numpy(), np.asfortranarray(w.detach().numpy()), b.detach().numpy()))
         seen = model.seen
         items, users, ratings = entries(seen)
         self.mu, self.b_item, self.b_user = fit_biases(items, users, ratings, seen.shape,
