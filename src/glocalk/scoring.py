@@ -59,7 +59,9 @@ class Scorer:
             net = _model_with(m.state, model.input.shape, config)
             h, weights = net.hidden_representation(data, m.stage)
             w, b = weights[-1]
-            self.factors.append((h.numpy(), w.detach().numpy(), b.detach().numpy()))
+            # Fortran order: a user's column w[:, u] is contiguous, which makes one user's scores (h @ w[:, u])
+            # several times faster; the same numbers.
+            self.factors.append((h.numpy(), np.asfortranarray(w.detach().numpy()), b.detach().numpy()))
             uses_conv = Stage(m.stage) == Stage.FINETUNE and config.global_kernel
             self.folds.append(member_fold(net, data, uses_conv, weights))
         self.n_trained_users = model.input.shape[1]
@@ -118,7 +120,7 @@ class Scorer:
                 biases: tuple[np.ndarray, np.ndarray]) -> None:
         """Append new items' hidden rows, new users' output columns and both biases (new arrays: copies of
         this scorer share the old ones)."""
-        self.factors = [(np.vstack([h, extra]), np.hstack([w, cw]), np.concatenate([b, cb]))
+        self.factors = [(np.vstack([h, extra]), np.asfortranarray(np.hstack([w, cw])), np.concatenate([b, cb]))
                         for (h, w, b), extra, (cw, cb) in zip(self.factors, new_h, columns, strict=True)]
         self.b_item = np.concatenate([self.b_item, biases[0]])
         self.b_user = np.concatenate([self.b_user, biases[1]])
