@@ -39,7 +39,7 @@ def held_out():
 
 @pytest.fixture(scope="module")
 def base(held_out):
-    return GLocalKRecommender(**LEARNS).fit(held_out[0])
+    return GLocalKRecommender("ml-100k", **LEARNS).fit(held_out[0])
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_a_folded_in_user_is_recommended_unseen_items_only(folded, held_out):
 
 def test_without_the_local_kernel_a_new_user_is_ridge_on_the_hidden_layer():
     train, _ = example_ratings(n_users=30, n_items=40, density=0.35, seed=3)
-    model = GLocalKRecommender(local_kernel=False, **TINY).fit(train[train["user"] != "u001"])
+    model = GLocalKRecommender("ml-100k", local_kernel=False, **TINY).fit(train[train["user"] != "u001"])
     new = train[train["user"] == "u001"]
     out = model.fold_in(new)
     h = model.scorer_.factors[0][0].astype(np.float64)  # (n_items, n_hid): the trained last hidden layer
@@ -165,7 +165,7 @@ def test_a_new_item_with_a_trained_items_ratings_is_scored_as_that_item(settings
     """The network encodes an item from its row: a copy of a trained item's training row gives the same
     scores (stage 1, and stage 2 with a 1x1 global kernel, which reads no neighbouring rows)."""
     train, _ = example_ratings(n_users=30, n_items=40, density=0.35, seed=3)
-    model = GLocalKRecommender(**{**TINY, **settings_}).fit(train)
+    model = GLocalKRecommender("ml-100k", **{**TINY, **settings_}).fit(train)
     row = train[train["item"] == "m0007"]
     out = model.fold_in(row.assign(item="copy"))
     users = model.user_ids_
@@ -179,7 +179,7 @@ def test_a_new_item_with_a_trained_items_ratings_is_scored_as_that_item(settings
 
 def test_new_items_and_new_users_together_and_saved(tmp_path):
     train, _ = example_ratings(n_users=30, n_items=40, density=0.35, seed=3)
-    model = GLocalKRecommender(**TINY).fit(train)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(train)
     new = pd.DataFrame({"user": ["u001", "u002", "zz1", "zz1", "zz2"], "item": ["new1", "new1", "new1", "m0003",
                                                                                "m0004"],
                         "rating": [4.0, 5.0, 3.0, 2.0, 1.0]})
@@ -205,7 +205,7 @@ def test_new_items_and_new_users_together_and_saved(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model():
     train, _ = example_ratings(n_users=30, n_items=40, density=0.35, seed=3)
-    return GLocalKRecommender(**TINY).fit(train)
+    return GLocalKRecommender("ml-100k", **TINY).fit(train)
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -226,7 +226,7 @@ def test_new_items_rated_by_a_folded_in_user_are_an_error(tiny_model):
 
 def test_integer_ids_of_a_model_refuse_text_ids(tmp_path):
     df = _frame(bias_ratings(20, 15, 0.5, seed=2, test_frac=0.0).train)
-    model = GLocalKRecommender(**TINY).fit(df)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(df)
     with pytest.raises(DataError, match="ids are integers"):
         model.fold_in(pd.DataFrame({"user": ["abc"], "item": [1], "rating": [3.0]}))
     path = tmp_path / "r.csv"

@@ -55,8 +55,8 @@ def models(ratings, tmp_path_factory) -> dict:
     """Model a (unknown="error"), model b (another seed, unknown="baseline") and a corrupt copy of a."""
     root = tmp_path_factory.mktemp("serve")
     train, _ = ratings
-    a = GLocalKRecommender(seed=1, **TINY).fit(train)
-    b = GLocalKRecommender(seed=2, unknown="baseline", **TINY).fit(train)
+    a = GLocalKRecommender("ml-100k", seed=1, **TINY).fit(train)
+    b = GLocalKRecommender("ml-100k", seed=2, unknown="baseline", **TINY).fit(train)
     a.save(root / "a")
     b.save(root / "b")
     a.save(root / "bad")
@@ -472,7 +472,7 @@ def test_watch_reloads_when_the_directory_changes(models):
 
 def test_string_id_models_are_served_by_their_ids(tmp_path):
     train, _ = example_ratings(n_users=20, n_items=25, density=0.4, seed=1)
-    model = GLocalKRecommender(**TINY).fit(train)
+    model = GLocalKRecommender("ml-100k", **TINY).fit(train)
     model.save(tmp_path / "m")
     loaded = service.load(tmp_path / "m")
     got = service.predict(loaded, ["u001", "u002"], ["m0001", "m0002"])
