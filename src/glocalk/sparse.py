@@ -162,12 +162,33 @@ def sampled_values(pattern: SparsePattern, a: torch.Tensor, b: torch.Tensor) -> 
     return out.values()
 
 
+# CSR @ dense on the CPU in blocks of CSR_MM_BLOCK dense columns when the dense operand is larger
+# than the cache (CSR_MM_BLOCK_MIN_BYTES) but one block of it (n_rows x 32 floats) fits a core's L2
+# (CSR_MM_BLOCK_MAX_BYTES): the sparse rows then gather from cache. Measured on ML-1M (one thread):
+# about 1.3x faster passes; on ML-100K, whose operands fit the cache, blocking only adds calls, and
+# at ML-10M's 69,878 users one block no longer fits, so every block would re-read the indices
+# (docs/PASSES.md). Each output entry is the same sum in the same order: the result is unchanged.
+CSR_MM_BLOCK = 32
+CSR_MM_BLOCK_MIN_BYTES = 4 * 2**20
+CSR_MM_BLOCK_MAX_BYTES = 2**20
+
+
+def csr_mm(m: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """CSR tensor @ dense matrix, column-blocked on the CPU where that keeps a block in cache; else one product."""
+    k = dense.shape[1]
+    size = dense.element_size()
+    if (dense.device.type != "cpu" or k <= CSR_MM_BLOCK or dense.numel() * size < CSR_MM_BLOCK_MIN_BYTES
+            or dense.shape[0] * CSR_MM_BLOCK * size > CSR_MM_BLOCK_MAX_BYTES):
+        return m @ dense
+    return torch.cat([m @ dense[:, i: i + CSR_MM_BLOCK].contiguous() for i in range(0, k, CSR_MM_BLOCK)], 1)
+
+
 class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, dense, pattern):  # noqa: D102
         ctx.save_for_backward(values, dense)
         ctx.pattern = pattern
-        return pattern.matrix(values) @ dense  # (n_rows, k)
+        return csr_mm(pattern.matrix(values), dense)  # (n_rows, k)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
@@ -179,7 +200,7 @@ class _SpMM(torch.autograd.Function):
             # d/d values[p] = grad[row_p] . dense[col_p]: an SDDMM, never (nnz x k) in memory.
             g_values = sampled_values(pattern, grad, dense.T)
         if ctx.needs_input_grad[1]:
-            g_dense = pattern.matrix_t(values, keep=not ctx.needs_input_grad[0]) @ grad
+            g_dense = csr_mm(pattern.matrix_t(values, keep=not ctx.needs_input_grad[0]), grad)
         return g_values, g_dense, None
 
 
@@ -234,9 +255,11 @@ class _SampledMM(torch.autograd.Function):
         grad = grad.contiguous()
         g_a = g_b = None
         if ctx.needs_input_grad[0]:
-            g_a = pattern.matrix(grad) @ b.T  # (n_rows, k)
+            g_a = csr_mm(pattern.matrix(grad), b.T)  # (n_rows, k)
         if ctx.needs_input_grad[1]:
-            g_b = (pattern.matrix_t(grad) @ a).T  # (k, n_cols)
+            # Row-major (k, n_cols) like b: the elementwise backward ops downstream (the kernel layer's)
+            # would otherwise walk a transposed view, several times slower than one copy here.
+            g_b = csr_mm(pattern.matrix_t(grad), a).T.contiguous()  # (k, n_cols)
         return g_a, g_b, None
 
 
