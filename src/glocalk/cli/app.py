@@ -11,7 +11,7 @@ import argparse
 import errno
 import sys
 
-from glocalk.cli import compare, fit, train
+from glocalk.cli import compare, fit, recommend, train
 from glocalk.errors import GlocalkError
 
 USER_ERROR = 2
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     fit.register(sub)
     compare.register(sub)
+    recommend.register(sub)
     return parser
 
 
