@@ -14,6 +14,7 @@ from glocalk.data.synthetic import BiasSignal, bias_ratings, example_ratings
 from glocalk.errors import CheckpointError, DataError
 from glocalk.estimator import GLocalKRecommender
 from glocalk.fold_in import MemberFold, fit_user, fold_biases, refine_user, ridge_column, user_loss
+from glocalk.scoring import top_k
 
 TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=1)
 # Enough training for GLocal-K to beat the bias model on a biases + rank-2 signal (~10 s on a shared core).
@@ -210,12 +211,19 @@ def tiny_model():
 
 @pytest.mark.parametrize("rows, message", [
     ([("u001", "m0001", 4.0)], "a user and an item the model knows"),
-    ([("new", "newitem", 4.0)], "no rating by a user the model was trained with"),
+    ([("new", "newitem", 4.0)], "nothing to fold in"),
     ([("new", "m0001", 9.0)], "outside the model's rating scale"),
 ])
 def test_ratings_fold_in_cannot_use_are_errors_naming_them(tiny_model, rows, message):
     with pytest.raises(DataError, match=message):
         tiny_model.fold_in(pd.DataFrame(rows, columns=["user", "item", "rating"]))
+
+
+def test_ratings_of_items_nothing_describes_are_skipped_and_counted(tiny_model):
+    out = tiny_model.fold_in(pd.DataFrame({"user": ["a", "a", "a"], "item": ["m0001", "m0002", "nobody"],
+                                           "rating": [3.0, 4.0, 5.0]}))
+    assert out.fold_in_ == {"n_users": 1, "n_items": 0, "n_ratings": 2, "n_skipped": 1}
+    assert "nobody" not in set(out.item_ids_)
 
 
 def test_new_items_rated_by_a_folded_in_user_are_an_error(tiny_model):
@@ -244,3 +252,36 @@ def test_a_corrupt_fold_in_part_is_refused_on_load(tiny_model, tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="folded-in user ids"):
         GLocalKRecommender.load(tmp_path / "m")
+
+
+# -- batch top-N -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_top_k_is_the_head_of_a_stable_descending_sort(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, (9, 15)).astype(np.float64)  # many ties
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    k = int(rng.integers(1, 16))
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(top_k(scores, k), expected)
+
+
+def same_top_k(batch: pd.DataFrame, one_by_one: pd.DataFrame, model: GLocalKRecommender) -> None:
+    """Each user's ranked scores agree, and every item the batch recommends has that score for the user:
+    the same top-k up to floating-point rounding (block products and per-user products round differently,
+    so items whose scores agree to ~1e-6 may swap)."""
+    assert list(batch["user"]) == list(one_by_one["user"]) and list(batch["rank"]) == list(one_by_one["rank"])
+    assert np.allclose(batch["score"], one_by_one["score"], atol=1e-5)
+    assert np.allclose(model.predict(batch["user"], batch["item"]), batch["score"], atol=1e-5)
+
+
+def test_recommend_all_is_recommend_for_each_user_including_folded_in_ones(tiny_model):
+    out = tiny_model.fold_in(pd.DataFrame({"user": ["a", "a", "u001"], "item": ["m0001", "new", "new"],
+                                           "rating": [3.0, 4.0, 2.0]}))
+    for exclude in (True, False):
+        batch = out.recommend_all(5, exclude_seen=exclude, block=7)
+        same_top_k(batch, out.recommend_many(out.user_ids_, k=5, exclude_seen=exclude), out)
+    every = out.recommend_all(50)
+    assert not {"m0001", "new"} & set(every.loc[every["user"] == "a", "item"])
+    assert len(every[every["user"] == "a"]) == len(out.item_ids_) - 2

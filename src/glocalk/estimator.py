@@ -60,7 +60,7 @@ from glocalk.model_dir import SavedModel, fingerprint, load_model, save_model
 from glocalk.own_data import prepare, read_test, unknown_message
 from glocalk.presets import MODEL_KEYS, preset
 from glocalk.protocol import RunOptions, member_of, train_member
-from glocalk.scoring import Scorer, check_weights
+from glocalk.scoring import Scorer, check_weights, top_k
 
 UNKNOWN_POLICIES = ("error", "baseline")
 # Hyperparameters accepted as keywords besides the explicit constructor arguments.
@@ -343,10 +343,11 @@ class GLocalKRecommender:
         to their ratings, a new item is encoded by the network from its ratings by trained users;
         everything trained stays frozen (``glocalk.fold_in``; ``glocalk.fold_in_data`` says which
         ratings may be given). ``steps``: L-BFGS iterations per user when the local kernel is on.
-        This model is unchanged; the copy saves and loads like any model.
+        This model is unchanged; the copy saves and loads like any model. Its ``fold_in_`` counts what
+        this call added (users, items, ratings used) and skipped (ratings of items nothing describes).
         """
         self._check_fitted()
-        df = read_test(ratings, self.rating_scale, self.duplicates, **read_options)
+        df = read_test(ratings, self.rating_scale, **{"duplicates": self.duplicates, **read_options})
         lo, hi = self.rating_scale_
         bad = ~df["rating"].between(lo, hi).to_numpy()
         if bad.any():
@@ -359,6 +360,8 @@ class GLocalKRecommender:
             self.model_.folded.ratings.nnz if self.model_.folded is not None else 0))}
         other = copy.copy(self)
         other._install(replace(self.model_, folded=merged(self.model_.folded, new, columns, biases, info)), scorer)
+        other.fold_in_ = {"n_users": len(new.user_ids), "n_items": len(new.item_ids), "n_ratings": int(new.ratings.nnz),
+                          "n_skipped": new.n_skipped}
         return other
 
     # -- prediction -----------------------------------------------------------------------
@@ -466,6 +469,38 @@ class GLocalKRecommender:
             frames.append(df)
         if not frames:
             return pd.DataFrame(columns=["user", "item", "score", "rank"])
+        return pd.concat(frames, ignore_index=True)
+
+    def recommend_all(self, k: int = 10, exclude_seen: bool = True, *, block: int = 1024,
+                      on_block: Callable[[int], None] | None = None) -> pd.DataFrame:
+        """``recommend`` for every user the model knows (trained and folded in), in blocks of ``block`` users.
+
+        ``recommend``'s answer for each user, from one matrix product per member and block (the same
+        ranking up to floating-point rounding: items whose scores agree to ~1e-6 may swap).
+        ``on_block(n)`` is called after each block with its number of users (a progress bar).
+        Returns columns user, item, score, rank (users in index order).
+        """
+        self._check_fitted()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
+        frames = []
+        for start in range(0, len(self.user_ids_), block):
+            u = np.arange(start, min(start + block, len(self.user_ids_)))
+            raw = self.scorer_.block_scores(u)  # (n_block, n_items)
+            if not np.isfinite(raw).all():
+                self._finite(raw.ravel(), np.repeat(self.user_ids_[u], raw.shape[1]), np.tile(self.item_ids_, len(u)))
+            if exclude_seen:
+                rows, cols = self._seen_t[u].nonzero()
+                raw[rows, cols] = -np.inf
+            top = top_k(raw, k)  # (n_block, k)
+            scores = raw[np.arange(len(u))[:, None], top]
+            valid = np.isfinite(scores)  # fewer unseen items than k: no more rows
+            frames.append(pd.DataFrame({
+                "user": np.repeat(self.user_ids_[u], top.shape[1])[valid.ravel()],
+                "item": self.item_ids_[top[valid]], "score": np.clip(scores[valid], *self._clip) - self.offset_,
+                "rank": np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[valid]}))
+            if on_block is not None:
+                on_block(len(u))
         return pd.concat(frames, ignore_index=True)
 
     def evaluate(self, test: Any, *, unknown: str = "skip", **read_options: Any) -> dict:

@@ -8,9 +8,12 @@ rating may be:
 - a new user's rating of any item (known, or new in the same call): the user is fitted to it;
 - a trained user's rating of a new item: it describes the item (the network's input) and is
   not used otherwise (the trained user's own column stays as trained);
+- a rating of an item absent from the model that no trained user rated in the same call is
+  skipped (nothing describes the item; ``Batch.n_skipped`` counts them, the model's ``fold_in_``
+  reports them), as ``evaluate`` skips unknown ids;
 - anything else is a DataError naming it: a pair of known ids (retrain to change training
-  ratings), a new item rated only by new users (nothing to encode it from), or a new item rated
-  by a user who was folded in before (such a user is no input feature of the network).
+  ratings), or a new item rated by a user who was folded in before (such a user is no input
+  feature of the network); and so is a call left with nothing to fold in.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Batch:
     ratings: sp.csr_matrix  # (n_items + len(item_ids), n_users + len(user_ids)): only the new ratings
     item_ids: np.ndarray
     user_ids: np.ndarray
+    n_skipped: int = 0  # ratings of items nothing describes (module docstring)
 
 
 def _examples(values: np.ndarray) -> str:
@@ -67,20 +71,20 @@ def batch(df: pd.DataFrame, ids: IdMap, n_trained_users: int, offset: float) -> 
     if folded_user.any():
         raise DataError(f"fold-in: new items rated by users folded in before ({_examples(users[folded_user])}) "
                         "cannot be used: such users are no input of the network")
+    described = set(items[(i < 0) & (u >= 0)].tolist())
+    keep = (i >= 0) | np.array([v in described for v in items.tolist()], dtype=bool)
+    if not keep.any():
+        raise DataError(f"fold-in: nothing to fold in: the {len(df)} ratings are all of items absent from the model "
+                        "that no user it was trained with rated (a new item is encoded from such ratings)")
+    df, users, items, u, i = df[keep], users[keep], items[keep], u[keep], i[keep]
     new_items = pd.unique(items[i < 0])
-    describing = pd.unique(items[(i < 0) & (u >= 0)])
-    described = set(describing.tolist())
-    orphans = np.array([v for v in new_items.tolist() if v not in described], dtype=object)
-    if len(orphans):
-        raise DataError(f"fold-in: new item(s) {_examples(orphans)} have no rating by a user the model was trained "
-                        "with: a new item is encoded from such ratings")
     new_users = pd.unique(users[u < 0])
     i = np.where(i >= 0, i, ids.n_items + pd.Index(new_items).get_indexer(items))
     u = np.where(u >= 0, u, ids.n_users + pd.Index(new_users).get_indexer(users))
     shape = (ids.n_items + len(new_items), ids.n_users + len(new_users))
     ratings = sp.csr_matrix((df["rating"].to_numpy(dtype=np.float64) + offset, (i, u)), shape=shape)
     return Batch(ratings, _typed(np.asarray(new_items), ids.item_ids, "item"),
-                 _typed(np.asarray(new_users), ids.user_ids, "user"))
+                 _typed(np.asarray(new_users), ids.user_ids, "user"), int((~keep).sum()))
 
 
 def merged(old: Folded | None, new: Batch, columns: list[tuple[np.ndarray, np.ndarray]],

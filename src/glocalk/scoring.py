@@ -149,10 +149,44 @@ class Scorer:
         return self.rating_map.to_user(np.mean([h @ w[:, u] + b[u] for h, w, b in self.factors], axis=0,
                                                dtype=np.float64))
 
+    def block_scores(self, users: np.ndarray) -> np.ndarray:
+        """The members' mean score of every item for each user index in ``users``: (len(users), n_items).
+
+        ``user_scores`` for a block of users at once: one matrix product per member.
+        """
+        if self.biases_answer:
+            return self.mu + self.b_item[None, :] + self.b_user[users, None]
+        out = np.zeros((len(users), len(self.b_item)), dtype=np.float64)
+        for h, w, b in self.factors:
+            out += (h @ w[:, users]).T + b[users, None]  # (n_users_block, n_items)
+        return self.rating_map.to_user(out / len(self.factors))
+
     def baseline(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
         """mu + b_item + b_user, leaving out the bias of an unknown (-1) index."""
         return (self.mu + np.where(items >= 0, self.b_item[np.maximum(items, 0)], 0.0)
                 + np.where(users >= 0, self.b_user[np.maximum(users, 0)], 0.0))
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``scores`` (n_rows, n_cols), the column indices of the ``k`` highest scores in descending
+    order, ties by ascending column: a row's first ``k`` of a stable sort by descending score. (n_rows, k)
+
+    An argpartition, then a sort of the ``k`` chosen; a row whose ``k``-th score is tied with unchosen
+    columns is sorted in full, so ties are broken exactly as the stable sort breaks them.
+    """
+    k = min(k, scores.shape[1])
+    if k == scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")
+    rows = np.arange(len(scores))[:, None]
+    chosen = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (n_rows, k), unordered
+    values = scores[rows, chosen]
+    kth = values.min(1, keepdims=True)
+    tied = (scores == kth).sum(1) != (values == kth).sum(1)
+    order = np.lexsort((chosen, -values), axis=1)
+    out = chosen[rows, order]
+    if tied.any():
+        out[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+    return out
 
 
 def _model_with(state: dict[str, torch.Tensor], shape: tuple[int, int], config: GLocalKConfig) -> GLocalK:

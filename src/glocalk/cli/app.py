@@ -11,7 +11,7 @@ import argparse
 import errno
 import sys
 
-from glocalk.cli import compare, fit, serve, train
+from glocalk.cli import compare, fit, recommend, serve, train
 from glocalk.errors import GlocalkError
 
 USER_ERROR = 2
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.register(sub)
     compare.register(sub)
     serve.register(sub)
+    recommend.register(sub)
     return parser
 
 
