@@ -30,6 +30,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from glocalk.cli.app import main  # noqa: E402
 from glocalk.data.synthetic import example_ratings  # noqa: E402
+from glocalk.errors import ConfigError  # noqa: E402
 from glocalk.estimator import GLocalKRecommender  # noqa: E402
 from glocalk.serve import service  # noqa: E402
 from glocalk.serve.service import ModelHolder, Watcher  # noqa: E402
@@ -481,11 +482,19 @@ def test_string_id_models_are_served_by_their_ids(tmp_path):
     assert [r["item"] for r in top] == list(model.recommend("u001", k=3)["item"])
     with pytest.raises(service.ServeError, match="'1'"):
         service.recommend(loaded, "1", 3, True)
+    # --unknown baseline overrides the model's policy: an unknown user gets the bias model's ranking.
+    lenient = service.load(tmp_path / "m", unknown="baseline")
+    assert lenient.unknown == "baseline" and loaded.unknown == "error"
+    expected = model.recommend("nobody", k=3, unknown="baseline")
+    assert [r["item"] for r in service.recommend(lenient, "nobody", 3, True)] == list(expected["item"])
+    with pytest.raises(ConfigError, match="--unknown"):
+        service.load(tmp_path / "m", unknown="skip")
 
 
 def test_cli_refuses_a_missing_model_before_listening(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nowhere"), "--port", str(free_port())]) == 2
     assert "model directory not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["serve", str(tmp_path), "--port", "70000"])
-    assert "--port" in capsys.readouterr().err
+    for bad in (["--port", "70000"], ["--unknown", "skip"], ["--watch", "0"], ["--max-k", "0"]):
+        with pytest.raises(SystemExit):
+            main(["serve", str(tmp_path), *bad])
+        assert bad[0] in capsys.readouterr().err

@@ -18,8 +18,9 @@ from glocalk.serve.service import Limits, ModelHolder, ServeError
 from glocalk.version import __version__
 
 DESCRIPTION = """GLocal-K recommendations over HTTP. Ids are the raw ids of the training file, as strings.
-Ids the model did not see in training follow the model's `unknown` policy: "error" answers 404 naming them,
-"baseline" answers with the user + item bias model. Errors are JSON `{"error", "message"}` with a 4xx status."""
+Ids absent from the training data follow the unknown-id policy (`glocalk serve --unknown`, default the model's
+own): "error" answers 404 naming them, "baseline" answers with the user + item bias model.
+Errors are JSON `{"error", "message"}` with a 4xx status."""
 
 
 def schemas(limits: Limits) -> SimpleNamespace:
@@ -153,7 +154,7 @@ def add_scoring_routes(app: Any, holder: ModelHolder, s: SimpleNamespace) -> Non
     """POST /predict, GET /users/{user_id}/recommendations and POST /recommendations."""
     from fastapi import Path, Query
 
-    errors = {404: {"model": s.Error, "description": "an unknown id (the model's unknown policy is 'error')"},
+    errors = {404: {"model": s.Error, "description": "an unknown id (the unknown-id policy served is 'error')"},
               422: {"model": s.Error, "description": "an invalid request; the message names the problem"}}
     limits = holder.limits
     UserId = Annotated[str, Path(min_length=1, max_length=limits.max_id_length, description="a raw user id")]

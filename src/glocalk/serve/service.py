@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glocalk.estimator import GLocalKRecommender
+from glocalk.errors import ConfigError
+from glocalk.estimator import UNKNOWN_POLICIES, GLocalKRecommender
 from glocalk.store import META, WEIGHTS, versions
 
 log = logging.getLogger("glocalk.serve")
@@ -72,6 +73,8 @@ class Loaded:
     users: dict[str, Any] = field(repr=False)  # raw id as text -> raw id (as the model holds it)
     items: dict[str, Any] = field(repr=False)
     trained_with: dict = field(default_factory=dict)  # model.json's "versions": the libraries that trained it
+    unknown: str = "error"  # the unknown-id policy served: --unknown, else the model's own
+    signature: tuple = ()  # the directory's files as they were just before the load (``signature``)
 
 
 def now() -> str:
@@ -88,13 +91,18 @@ def load_checked(path: str | Path) -> GLocalKRecommender:
     return model
 
 
-def load(path: str | Path, generation: int = 1) -> Loaded:
-    """``load_checked`` plus the record the service keeps; errors as ``GLocalKRecommender.load``."""
+def load(path: str | Path, generation: int = 1, unknown: str | None = None) -> Loaded:
+    """``load_checked`` plus the record the service keeps; errors as ``GLocalKRecommender.load``.
+    ``unknown``: the unknown-id policy ("error" or "baseline"; None: the model's own)."""
+    if unknown not in (None, *UNKNOWN_POLICIES):
+        raise ConfigError(f"unknown (--unknown) must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
     path = Path(path)
+    files = signature(path)  # before reading: a change during the load is seen as a change afterwards
     model = load_checked(path)
     return Loaded(model=model, path=path, resolved=path.resolve(), generation=generation, loaded_at=now(),
                   users={str(u): u for u in model.user_ids_}, items={str(i): i for i in model.item_ids_},
-                  trained_with=_trained_with(path))
+                  trained_with=_trained_with(path), unknown=unknown or model.unknown,
+                  signature=files)
 
 
 def _trained_with(path: Path) -> dict:
@@ -109,9 +117,10 @@ def _trained_with(path: Path) -> dict:
 class ModelHolder:
     """The model being served and its reloads (one at a time; requests never wait for one)."""
 
-    def __init__(self, path: str | Path, limits: Limits | None = None) -> None:
+    def __init__(self, path: str | Path, limits: Limits | None = None, unknown: str | None = None) -> None:
         self.limits = limits or Limits()
-        self.current: Loaded = load(path)
+        self.unknown = unknown
+        self.current: Loaded = load(path, unknown=unknown)
         self.last_reload: dict | None = None  # the outcome of the latest reload, for /health
         self._reloading = threading.Lock()
 
@@ -125,7 +134,7 @@ class ModelHolder:
             old = self.current
             started = time.perf_counter()
             try:
-                new = load(old.path, old.generation + 1)
+                new = load(old.path, old.generation + 1, self.unknown)
             except Exception as e:  # noqa: BLE001 - any failure refuses the new model, and says why
                 self.last_reload = {"ok": False, "at": now(), "error": f"{type(e).__name__}: {e}",
                                     "generation": old.generation}
@@ -148,7 +157,7 @@ class ModelHolder:
 class Watcher:
     """Reload when the model directory's files change: polls their (inode, mtime, size) every
     ``interval`` seconds and reloads once a change has held still for one more poll (so a directory
-    being replaced is not read half-written)."""
+    being replaced is not read half-written). Files refused once are not tried again until they change."""
 
     def __init__(self, holder: ModelHolder, interval: float) -> None:
         self.holder = holder
@@ -165,15 +174,15 @@ class Watcher:
         self._thread.join()
 
     def _run(self) -> None:
-        served = signature(self.holder.current.path)
-        pending = None
+        pending = refused = None
         while not self._stop.wait(self.interval):
             now_sig = signature(self.holder.current.path)
-            if now_sig == served:
+            if now_sig in (self.holder.current.signature, refused):
                 pending = None
             elif now_sig == pending:  # changed, and unchanged since the last poll
-                self.holder.reload()
-                served, pending = now_sig, None
+                if not self.holder.reload():
+                    refused = now_sig
+                pending = None
             else:
                 pending = now_sig
 
@@ -201,11 +210,12 @@ def _unknown(loaded: Loaded, kind: str, ids: Sequence[str]) -> list[str]:
 def _refuse_unknown(loaded: Loaded, kind: str, ids: Sequence[str]) -> None:
     """ServeError 404 naming the unknown ids when the model's policy is "error"."""
     missing = _unknown(loaded, kind, ids)
-    if missing and loaded.model.unknown == "error":
+    if missing and loaded.unknown == "error":
         shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ServeError(NOT_FOUND, f"unknown_{kind}",
-                         f"unknown {kind} id(s) {shown}: not in the model's training data (the model was "
-                         "saved with unknown='error'; fit it with --unknown baseline to answer with the bias model)")
+                         f"unknown {kind} id(s) {shown}: not in the model's training data (this service answers "
+                         "unknown ids with an error; `glocalk serve --unknown baseline` answers them with the bias "
+                         "model)")
 
 
 def _as_ids(loaded: Loaded, kind: str, ids: Sequence[str]) -> np.ndarray:
@@ -255,7 +265,7 @@ def metadata(loaded: Loaded, limits: Limits) -> dict:
         "generation": loaded.generation, "loaded_at": loaded.loaded_at,
         "n_users": len(model.user_ids_), "n_items": len(model.item_ids_),
         "n_ratings": int(model.model_.seen.nnz), "rating_scale": list(model.rating_scale_),
-        "unknown": model.unknown, "fallback": model.fallback,
+        "unknown": loaded.unknown, "fallback": model.fallback,
         "hyperparameters": model.model_.hyperparameters, "estimator": model.get_params(),
         "members": model.members_, "fingerprint": model.fingerprint_, "metrics": model.metrics_,
         "execution": model.model_.execution,
