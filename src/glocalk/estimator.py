@@ -53,6 +53,8 @@ from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.data.readers import IdMap
 from glocalk.data.scaling import RatingMap
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
+from glocalk.fold_in import LBFGS_STEPS
+from glocalk.fold_in_data import batch, merged
 from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.model_dir import SavedModel, fingerprint, load_model, save_model
 from glocalk.own_data import prepare, read_test, unknown_message
@@ -295,15 +297,21 @@ class GLocalKRecommender:
             self.scorer_ = scorers[record["answer"]]
         return record
 
-    def _install(self, model: SavedModel) -> None:
-        """Set the fitted attributes and build the scoring core."""
-        self.scorer_ = Scorer(model)
+    def _install(self, model: SavedModel, scorer: Scorer | None = None) -> None:
+        """Set the fitted attributes and build the scoring core (or take ``scorer``, built for ``model``)."""
+        self.scorer_ = scorer or Scorer(model)
         self.model_ = replace(model, execution=self.scorer_.execution)
         seen = model.seen
+        self.fingerprint_ = fingerprint(seen)  # of the training ratings, folded-in ones aside
+        self.item_ids_, self.user_ids_ = np.asarray(model.item_ids), np.asarray(model.user_ids)
+        if model.folded is not None:
+            f = model.folded
+            seen = seen.copy()
+            seen.resize(f.ratings.shape)
+            seen = seen + f.ratings
+            self.item_ids_ = np.concatenate([self.item_ids_, f.item_ids])
+            self.user_ids_ = np.concatenate([self.user_ids_, f.user_ids])
         self._seen_t = seen.T.tocsr()  # (n_users, n_items): each user's rated items
-        self.fingerprint_ = fingerprint(seen)
-        self.item_ids_ = np.asarray(model.item_ids)
-        self.user_ids_ = np.asarray(model.user_ids)
         self._clip = tuple(float(x) for x in model.rating_scale)  # internal units
         self.offset_ = float(model.offset)
         self.rating_map_ = model.rating_map  # internal units -> the model's 1..5 (data.scaling)
@@ -312,6 +320,34 @@ class GLocalKRecommender:
         self.members_ = [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in model.members]
         self.history_ = {m.seed: m.history for m in model.members}
         self._fitted = True
+
+    # -- fold-in ------------------------------------------------------------------------------
+
+    def fold_in(self, ratings: Any, *, steps: int = LBFGS_STEPS, **read_options: Any) -> GLocalKRecommender:
+        """A copy of this model that also knows the users and items of ``ratings``, absent from training.
+
+        ``ratings``: a DataFrame (user, item, rating), a path or a ``readers.Ratings``, in the training
+        data's units; ``read_options`` go to ``readers.read_ratings``. A new user's output column is fitted
+        to their ratings, a new item is encoded by the network from its ratings by trained users;
+        everything trained stays frozen (``glocalk.fold_in``; ``glocalk.fold_in_data`` says which
+        ratings may be given). ``steps``: L-BFGS iterations per user when the local kernel is on.
+        This model is unchanged; the copy saves and loads like any model.
+        """
+        self._check_fitted()
+        df = read_test(ratings, self.rating_scale, self.duplicates, **read_options)
+        lo, hi = self.rating_scale_
+        bad = ~df["rating"].between(lo, hi).to_numpy()
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise DataError(f"fold-in: rating {df['rating'].iloc[k]:g} (user {df['user'].iloc[k]!r}, item "
+                            f"{df['item'].iloc[k]!r}) lies outside the model's rating scale {lo:g}..{hi:g}")
+        new = batch(df, self._ids, self.scorer_.n_trained_users, self.offset_)
+        scorer, columns, biases = self.scorer_.fold_in(new.ratings, steps)
+        info = {"lbfgs_steps": steps, "n_ratings": int(new.ratings.nnz + (
+            self.model_.folded.ratings.nnz if self.model_.folded is not None else 0))}
+        other = copy.copy(self)
+        other._install(replace(self.model_, folded=merged(self.model_.folded, new, columns, biases, info)), scorer)
+        return other
 
     # -- prediction -----------------------------------------------------------------------
 

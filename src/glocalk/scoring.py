@@ -12,12 +12,14 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from glocalk.baselines import entries, fit_biases
 from glocalk.errors import CheckpointError, ConfigError
+from glocalk.fold_in import LBFGS_STEPS, MemberFold, encode_items, fit_users, fold_biases, member_fold
 from glocalk.inputs import CONV_DENSE_MAX_ENTRIES, choose_execution, prepare_input
-from glocalk.model import GLocalK, GLocalKConfig
+from glocalk.model import GLocalK, GLocalKConfig, Stage
 from glocalk.model_dir import Fallback, SavedModel
 from glocalk.presets import split_config
 
@@ -35,6 +37,9 @@ class Scorer:
     the fallback for unknown ids (``baseline``; index -1 marks an unknown id there). When the
     model's ``fallback`` chose the bias model (``answer == "biases"``), that validation-chosen bias
     model answers everything: ``scores``, ``user_scores`` and the unknown-id ``baseline``.
+
+    Fold-in (``fold_in``, ``glocalk.fold_in``) extends the index spaces: new items are rows past the
+    trained ones, new users columns past them; a model's stored ``folded`` part is re-applied on load.
     """
 
     def __init__(self, model: SavedModel) -> None:
@@ -49,6 +54,7 @@ class Scorer:
         data = prepare_input(self.rating_map.matrix_to_model(model.input), self.execution == "sparse",
                              config.gk_size, "cpu")
         self.factors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.folds: list[MemberFold] = []
         for m in model.members:
             net = _model_with(m.state, model.input.shape, config)
             h, weights = net.hidden_representation(data, m.stage)
@@ -56,17 +62,68 @@ class Scorer:
             # Fortran order: a user's column w[:, u] is contiguous, which makes one user's scores (h @ w[:, u])
             # several times faster; the same numbers.
             self.factors.append((h.numpy(), np.asfortranarray(w.detach().numpy()), b.detach().numpy()))
+            uses_conv = Stage(m.stage) == Stage.FINETUNE and config.global_kernel
+            self.folds.append(member_fold(net, data, uses_conv, weights))
+        self.n_trained_users = model.input.shape[1]
         seen = model.seen
         items, users, ratings = entries(seen)
         self.mu, self.b_item, self.b_user = fit_biases(items, users, ratings, seen.shape,
                                                        (BASELINE_REG, BASELINE_REG), BASELINE_SWEEPS)
         self.biases_answer = False
+        self.bias_regs = (BASELINE_REG, BASELINE_REG)
         if model.fallback is not None and model.fallback.answer == "biases":
             self._use_biases(model.fallback)
+        if model.folded is not None:
+            f = model.folded
+            self._extend(self._encoded(f.ratings, len(f.item_ids)), f.columns, (f.b_item, f.b_user))
 
     def _use_biases(self, fallback: Fallback) -> None:
         self.biases_answer = True
         self.mu, self.b_item, self.b_user = fallback.mu, fallback.b_item, fallback.b_user
+        self.bias_regs = (float(fallback.info.get("reg_item", BASELINE_REG)),
+                          float(fallback.info.get("reg_user", BASELINE_REG)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_items, n_users) the scorer knows: trained plus folded in."""
+        return len(self.b_item), len(self.b_user)
+
+    def fold_in(self, ratings: sp.csr_matrix, steps: int = LBFGS_STEPS
+                ) -> tuple[Scorer, list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+        """A scorer that also knows new items and users: (scorer, users' columns per member, (new b_item, b_user)).
+
+        ``ratings`` (internal units) has the shape of the extended index spaces and holds only the new
+        ratings: rows past ``shape[0]`` are new items (encoded from their ratings by trained users),
+        columns past ``shape[1]`` new users (fitted to all their ratings, ``glocalk.fold_in``). This
+        scorer is unchanged.
+        """
+        ratings = sp.csr_matrix(ratings, dtype=np.float64)
+        n_new_items = ratings.shape[0] - self.shape[0]
+        new_h = self._encoded(ratings, n_new_items)
+        targets = ratings[:, self.shape[1]:].tocsc()
+        targets.data = self.rating_map.to_model(targets.data)
+        columns = [fit_users(np.vstack([h, extra]), targets, fold, steps)
+                   for (h, _, _), fold, extra in zip(self.factors, self.folds, new_h, strict=True)]
+        biases = fold_biases(self.mu, self.b_item, self.b_user, ratings, self.n_trained_users, self.bias_regs)
+        other = copy.copy(self)
+        other._extend(new_h, columns, biases)
+        return other, columns, biases
+
+    def _encoded(self, ratings: sp.csr_matrix, n_new_items: int) -> list[np.ndarray]:
+        """Each member's last hidden layer (n_new_items, n_hid) of the last ``n_new_items`` rows of ``ratings``,
+        read over the trained users (model units)."""
+        x = sp.csr_matrix(ratings)[ratings.shape[0] - n_new_items:, : self.n_trained_users].toarray()
+        x = self.rating_map.to_model(x) * (x > 0)  # an unrated entry stays 0 under any rating map
+        return [encode_items(fold, x) for fold in self.folds]
+
+    def _extend(self, new_h: list[np.ndarray], columns: list[tuple[np.ndarray, np.ndarray]],
+                biases: tuple[np.ndarray, np.ndarray]) -> None:
+        """Append new items' hidden rows, new users' output columns and both biases (new arrays: copies of
+        this scorer share the old ones)."""
+        self.factors = [(np.vstack([h, extra]), np.hstack([w, cw]), np.concatenate([b, cb]))
+                        for (h, w, b), extra, (cw, cb) in zip(self.factors, new_h, columns, strict=True)]
+        self.b_item = np.concatenate([self.b_item, biases[0]])
+        self.b_user = np.concatenate([self.b_user, biases[1]])
 
     def answering_with(self, fallback: Fallback) -> Scorer:
         """A copy of this scorer whose answers are ``fallback``'s bias model (the members are shared)."""

@@ -13,6 +13,7 @@ import json
 from types import SimpleNamespace
 from typing import Annotated, Any
 
+from glocalk.errors import ConfigError, DataError, GlocalkError
 from glocalk.serve import service
 from glocalk.serve.service import Limits, ModelHolder, ServeError
 from glocalk.version import __version__
@@ -63,6 +64,9 @@ def schemas(limits: Limits) -> SimpleNamespace:
     class RecommendationsResponse(BaseModel):
         items: list[Recommendation]
 
+    class NewUserResponse(RecommendationsResponse):
+        ignored: list[str] = Field(description="rated items the model does not know (unknown policy 'baseline')")
+
     class Error(BaseModel):
         error: str
         message: str
@@ -70,6 +74,7 @@ def schemas(limits: Limits) -> SimpleNamespace:
 
     return SimpleNamespace(PredictRequest=PredictRequest, PredictResponse=PredictResponse,
                            NewUserRequest=NewUserRequest, RecommendationsResponse=RecommendationsResponse,
+                           NewUserResponse=NewUserResponse,
                            Error=Error)
 
 
@@ -132,7 +137,15 @@ def add_error_handlers(app: Any) -> None:
         return error_response(405, "method_not_allowed", f"{request.url.path} does not accept {request.method} "
                                                          "(see /docs)")
 
+    async def model_error(request: Any, exc: GlocalkError) -> Any:
+        # What the service's own checks let through: bad input is the client's (422), a model that
+        # scores NaN is the server's (500), each with the library's message.
+        if isinstance(exc, (DataError, ConfigError)):
+            return error_response(422, "invalid_request", str(exc))
+        return error_response(500, "model_error", str(exc))
+
     app.add_exception_handler(ServeError, refused)
+    app.add_exception_handler(GlocalkError, model_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(404, no_route)
     app.add_exception_handler(405, bad_method)
@@ -174,13 +187,12 @@ def add_scoring_routes(app: Any, holder: ModelHolder, s: SimpleNamespace) -> Non
             exclude_seen: Annotated[bool, Query(description="leave out the items the user rated")] = True) -> Any:
         return {"items": service.recommend(holder.current, user_id, k, exclude_seen)}
 
-    @app.post("/recommendations", response_model=s.RecommendationsResponse,
-              responses={**errors, 501: {"model": s.Error, "description": "fold-in is not available"}},
-              summary="the top k items for a new user, from the ratings they gave (nothing is stored)")
+    @app.post("/recommendations", response_model=s.NewUserResponse, responses=errors,
+              summary="the top k items for a new user, from the ratings they gave (fold-in; nothing is stored)")
     def post_recommendations(body: s.NewUserRequest) -> Any:
         items = [r.item for r in body.ratings]
         ratings = [r.rating for r in body.ratings]
-        return {"items": service.recommend_new(holder.current, items, ratings, body.k)}
+        return service.recommend_new(holder.current, items, ratings, body.k)
 
 
 class BodyLimit:

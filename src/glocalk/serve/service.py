@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glocalk.errors import ConfigError
+from glocalk.errors import ConfigError, DataError
 from glocalk.estimator import UNKNOWN_POLICIES, GLocalKRecommender
 from glocalk.store import META, WEIGHTS, versions
 
@@ -37,7 +38,6 @@ log = logging.getLogger("glocalk.serve")
 
 NOT_FOUND = 404
 UNPROCESSABLE = 422
-NOT_IMPLEMENTED = 501
 
 
 @dataclass(frozen=True)
@@ -250,11 +250,52 @@ def recommend(loaded: Loaded, user: str, k: int, exclude_seen: bool) -> list[dic
     return ranked(frame)
 
 
-def recommend_new(loaded: Loaded, items: Sequence[str], ratings: Sequence[float], k: int) -> list[dict]:
-    """The top ``k`` items for a new user given their ratings (fold-in per request, nothing stored)."""
-    raise ServeError(NOT_IMPLEMENTED, "fold_in_missing",
-                     "POST /recommendations needs GLocalKRecommender.fold_in (new users without retraining), "
-                     "which this version of glocalk does not have yet")
+def new_user_id(loaded: Loaded) -> Any:
+    """An id no user of the model has, of the model's id type, for the request's new user."""
+    ids = loaded.model.user_ids_
+    if ids.dtype.kind in "iu":
+        return int(ids.max()) + 1
+    candidate = "new user"
+    while candidate in loaded.users:
+        candidate += "+"
+    return candidate
+
+
+def recommend_new(loaded: Loaded, items: Sequence[str], ratings: Sequence[float], k: int) -> dict:
+    """The top ``k`` items for a new user from the ratings they gave: the model is folded in for this
+    request (``GLocalKRecommender.fold_in``: the new user's output column fitted to their ratings,
+    everything trained frozen), asked, and dropped; nothing is stored.
+
+    The rated items are left out of the answer. An item the model does not know is refused (404)
+    under the "error" policy; under "baseline" it is ignored (listed as ``ignored``), and a user with
+    no usable rating gets the bias model's ranking. A repeated item or a rating outside the model's
+    scale is a 422 naming it.
+    """
+    model = loaded.model
+    repeated = [i for i, n in Counter(items).items() if n > 1]
+    if repeated:
+        raise ServeError(UNPROCESSABLE, "repeated_item", f"item(s) {', '.join(map(repr, repeated[:5]))} rated more "
+                                                         "than once: give each item one rating")
+    lo, hi = model.rating_scale_
+    off = [(i, r) for i, r in zip(items, ratings, strict=True) if not lo <= r <= hi]
+    if off:
+        raise ServeError(UNPROCESSABLE, "rating_out_of_scale", f"rating {off[0][1]:g} of item {off[0][0]!r} lies "
+                                                               f"outside the model's rating scale {lo:g}..{hi:g}")
+    _refuse_unknown(loaded, "item", items)
+    ignored = _unknown(loaded, "item", items)
+    keep = [(loaded.items[i], r) for i, r in zip(items, ratings, strict=True) if i in loaded.items]
+    user = new_user_id(loaded)
+    if keep:
+        frame = pd.DataFrame({"user": [user] * len(keep), "item": [i for i, _ in keep],
+                              "rating": [r for _, r in keep]})
+        try:
+            model = model.fold_in(frame)
+        except DataError as e:  # what fold-in cannot use, named (the checks above leave little)
+            raise ServeError(UNPROCESSABLE, "fold_in_refused", str(e)) from e
+        ranking = model.recommend(user, k=k, exclude_seen=True)
+    else:  # nothing the model knows: the bias model's ranking, as for any unknown user
+        ranking = model.recommend(user, k=k, exclude_seen=False, unknown="baseline")
+    return {"items": ranked(ranking), "ignored": ignored}
 
 
 def metadata(loaded: Loaded, limits: Limits) -> dict:
