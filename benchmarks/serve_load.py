@@ -32,7 +32,8 @@ import numpy as np
 from glocalk.estimator import GLocalKRecommender
 from glocalk.store import versions
 
-ENDPOINTS = ("recommendations", "predict", "health")  # health: the HTTP stack alone, for reference
+# health: the HTTP stack alone, for reference; new_user: POST /recommendations (a fold-in per request)
+ENDPOINTS = ("recommendations", "predict", "health", "new_user")
 
 
 def free_port() -> int:
@@ -69,6 +70,10 @@ def request_maker(endpoint: str, users: np.ndarray, items: np.ndarray, n_pairs: 
     def make() -> tuple[str, str, dict | None]:
         if endpoint == "health":
             return "GET", "/health", None
+        if endpoint == "new_user":
+            rated = items[rng.choice(len(items), size=n_pairs, replace=False)]
+            return "POST", "/recommendations", {"ratings": [{"item": str(i), "rating": float(rng.integers(1, 6))}
+                                                            for i in rated], "k": 10}
         if endpoint == "recommendations":
             return "GET", f"/users/{users[rng.integers(len(users))]}/recommendations?k=10", None
         u = users[rng.integers(len(users), size=n_pairs)]
@@ -113,15 +118,16 @@ async def run_level(url: str, endpoint: str, n_clients: int, seconds: float, ids
            "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
            "max_ms": round(float(ms.max()), 2) if len(ms) else None,
            "first_errors": errors[:3]}
-    if endpoint == "predict":
+    if endpoint in ("predict", "new_user"):
         row["pairs_per_request"] = n_pairs
     return row
 
 
 def markdown(result: dict) -> str:
     lines = [f"Model: `{result['model_dir']}` ({result['n_users']} users x {result['n_items']} items, "
-             f"n_hid {result['n_hid']}); {result['seconds']} s per row; /predict with {result['pairs']} pairs "
-             "per request; GET /users/{id}/recommendations with k=10.", "",
+             f"n_hid {result['n_hid']}); {result['seconds']} s per row; recommendations: GET "
+             "/users/{id}/recommendations?k=10; predict: POST /predict with "
+             f"{result['pairs']} pairs; new_user: POST /recommendations with {result['pairs']} ratings, k=10.", "",
              "| endpoint | clients | requests/s | p50 ms | p99 ms | max ms | requests | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
@@ -138,7 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", default=None, help="a running server (default: start one on a free port)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 10, 100])
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each (endpoint, clients) row")
-    p.add_argument("--pairs", type=int, default=100, help="(user, item) pairs per POST /predict")
+    p.add_argument("--pairs", type=int, default=100,
+                   help="(user, item) pairs per POST /predict; ratings per POST /recommendations (new_user)")
     p.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS[:2]))
     p.add_argument("--out", default="docs/benchmarks/serve_load.json")
     return p.parse_args(argv)

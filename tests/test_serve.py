@@ -6,6 +6,7 @@ refused while the old one keeps serving, and schema-driven fuzzing of the served
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -30,8 +31,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 from glocalk.cli.app import main  # noqa: E402
 from glocalk.data.synthetic import example_ratings  # noqa: E402
+from glocalk.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from glocalk.estimator import GLocalKRecommender  # noqa: E402
 from glocalk.serve import service  # noqa: E402
+from glocalk.serve.http import build_app  # noqa: E402
 from glocalk.serve.service import ModelHolder, Watcher  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -248,19 +251,58 @@ def test_openapi_and_docs_are_served(server):
     fields = {name for schema in spec["components"]["schemas"].values() for name in schema.get("properties", {})}
     assert parameters == {"user_id", "k", "exclude_seen"}
     assert fields == {"pairs", "user", "item", "ratings", "rating", "k", "predictions", "items", "score", "rank",
-                      "error", "message", "details"}
+                      "ignored", "error", "message", "details"}
 
 
-def test_post_recommendations_says_what_is_missing(server):
-    message = error_of(server.client.post("/recommendations", json={"ratings": [{"item": "1001", "rating": 4.0}]}),
-                       501)
-    assert "fold_in" in message
+def test_post_recommendations_folds_in_a_new_user_per_request(server, models, ratings):
+    train, _ = ratings
+    rated = {"1001": 5.0, "1002": 1.0, "1003": 4.0, "1010": 2.0}
+    body = {"ratings": [{"item": i, "rating": r} for i, r in rated.items()], "k": 6}
+    got = server.client.post("/recommendations", json=body)
+    assert got.status_code == 200, got.text
+    items = got.json()["items"]
+    assert [r["rank"] for r in items] == list(range(1, 7)) and not set(rated) & {r["item"] for r in items}
+    scores = [r["score"] for r in items]
+    assert scores == sorted(scores, reverse=True) and all(1 <= x <= 5 for x in scores)
+    assert got.json()["ignored"] == []
+    # The same answer as folding the user in from Python and asking for the unseen top 6.
+    given = pd.DataFrame({"user": 31, "item": [int(i) for i in rated], "rating": list(rated.values())})
+    new = models["a"].fold_in(given)
+    expected = new.recommend(31, k=6)
+    assert [r["item"] for r in items] == [str(i) for i in expected["item"]]
+    assert scores == pytest.approx(expected["score"].to_numpy(), abs=1e-9)
+    # Nothing is stored: the model still has its 30 users, and the fold-in's user is unknown.
+    assert server.client.get("/metadata").json()["n_users"] == 30
+    assert "unknown user" in error_of(server.client.get("/users/31/recommendations"), 404)
+
+
+def test_post_recommendations_refuses_what_fold_in_cannot_use(server):
+    def post(*pairs):
+        return server.client.post("/recommendations", json={"ratings": [{"item": i, "rating": r} for i, r in pairs]})
+
+    assert "'1001'" in error_of(post(("1001", 4.0), ("1001", 5.0)), 422)
+    assert "1..5" in error_of(post(("1001", 4.0), ("1002", 9.0)), 422)
+    assert "'77'" in error_of(post(("1001", 4.0), ("77", 5.0)), 404)  # the policy is "error"
+
+
+def test_new_users_unknown_items_are_ignored_under_the_baseline_policy(models):
+    lenient = service.load(models["root"] / "a", unknown="baseline")
+    got = service.recommend_new(lenient, ["1001", "77", "1002"], [5.0, 4.0, 1.0], 3)
+    assert got["ignored"] == ["77"] and len(got["items"]) == 3
+    assert not {"1001", "1002"} & {r["item"] for r in got["items"]}
+    # No rating the model can use: the bias model's ranking (as for any unknown user).
+    only_unknown = service.recommend_new(lenient, ["77"], [5.0], 3)
+    expected = models["a"].recommend("nobody", k=3, unknown="baseline")
+    assert [r["item"] for r in only_unknown["items"]] == [str(i) for i in expected["item"]]
 
 
 # -- schema-driven fuzzing ---------------------------------------------------------------------------
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+def nested(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20), nested,
                     max_leaves=12)
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
@@ -310,10 +352,8 @@ def test_the_fuzzer_draws_valid_bodies(spec):
 
 def check_answer(response) -> None:
     """No 5xx, and every answer is JSON: an error in the one error shape, or a result."""
-    body = response.json()
-    if response.status_code == 501 and body["error"] == "fold_in_missing":  # POST /recommendations, until fold-in
-        return
     assert response.status_code < 500, response.text
+    body = response.json()
     if response.status_code != 200:
         assert isinstance(body["error"], str) and isinstance(body["message"], str)
 
@@ -481,11 +521,38 @@ def test_string_id_models_are_served_by_their_ids(tmp_path):
     assert [r["item"] for r in top] == list(model.recommend("u001", k=3)["item"])
     with pytest.raises(service.ServeError, match="'1'"):
         service.recommend(loaded, "1", 3, True)
+    # --unknown baseline overrides the model's policy: an unknown user gets the bias model's ranking.
+    lenient = service.load(tmp_path / "m", unknown="baseline")
+    assert lenient.unknown == "baseline" and loaded.unknown == "error"
+    expected = model.recommend("nobody", k=3, unknown="baseline")
+    assert [r["item"] for r in service.recommend(lenient, "nobody", 3, True)] == list(expected["item"])
+    with pytest.raises(ConfigError, match="--unknown"):
+        service.load(tmp_path / "m", unknown="skip")
 
 
 def test_cli_refuses_a_missing_model_before_listening(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nowhere"), "--port", str(free_port())]) == 2
     assert "model directory not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["serve", str(tmp_path), "--port", "70000"])
-    assert "--port" in capsys.readouterr().err
+    for bad in (["--port", "70000"], ["--unknown", "skip"], ["--watch", "0"], ["--max-k", "0"]):
+        with pytest.raises(SystemExit):
+            main(["serve", str(tmp_path), *bad])
+        assert bad[0] in capsys.readouterr().err
+
+
+def test_library_errors_that_reach_the_shell_are_json(models, monkeypatch):
+    """A safety net behind the service's own checks: a DataError is the client's (422), a model that
+    scores NaN the server's (500), both JSON with the library's message (in-process: the patch needs it)."""
+    holder = ModelHolder(models["root"] / "a")
+    app = build_app(holder)
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.post("/predict", json={"pairs": [{"user": "1", "item": "1001"}]})
+
+    for error, status in ((DataError("bad pair"), 422), (CheckpointError("NaN from the model in X"), 500)):
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(holder.current.model, "predict", fail)
+        response = asyncio.run(post())
+        assert response.status_code == status and response.json()["message"] == str(error)

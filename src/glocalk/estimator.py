@@ -453,6 +453,11 @@ class GLocalKRecommender:
             if exclude_seen:
                 seen[self._seen_t.indices[self._seen_t.indptr[u]: self._seen_t.indptr[u + 1]]] = True
         candidates = np.flatnonzero(~seen)
+        if k < len(candidates):
+            # Only items scoring at least the k-th best raw score can be in the top k (clipping keeps the order):
+            # sort those alone (a request of the HTTP service is several times cheaper).
+            kth = np.partition(raw[candidates], len(candidates) - k)[len(candidates) - k]
+            candidates = candidates[raw[candidates] >= kth]
         clipped = np.clip(raw, *self._clip)
         # lexsort: last key primary -> descending clipped rating, then descending raw score, then item index.
         order = candidates[np.lexsort((candidates, -raw[candidates], -clipped[candidates]))][:k]

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from glocalk.cli.options import positive_int
+from glocalk.estimator import UNKNOWN_POLICIES
 from glocalk.serve.server import ServeOptions, serve
 from glocalk.serve.service import Limits
 
@@ -52,6 +53,9 @@ def register(sub) -> None:
                    help=f"most (user, item) pairs in one POST /predict (default {DEFAULTS.max_pairs})")
     p.add_argument("--max-k", type=positive_int, default=DEFAULTS.max_k,
                    help=f"most recommendations in one answer (default {DEFAULTS.max_k})")
+    p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default=None,
+                   help="ids absent from the training data: 'error' answers 404 naming them, 'baseline' answers with "
+                        "the user + item bias model (default: the model's own policy, 'error' for glocalk fit's)")
     p.add_argument("--access-log", action="store_true", help="log one line per request (costs throughput)")
     p.set_defaults(func=cmd_serve)
 
@@ -61,5 +65,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     limits = Limits(max_pairs=args.max_batch, max_k=args.max_k)
     serve(args.model_dir, ServeOptions(host=args.host, port=args.port, watch=args.watch,
-                                       access_log=args.access_log, limits=limits))
+                                       access_log=args.access_log, unknown=args.unknown, limits=limits))
     return 0

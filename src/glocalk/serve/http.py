@@ -13,13 +13,15 @@ import json
 from types import SimpleNamespace
 from typing import Annotated, Any
 
+from glocalk.errors import ConfigError, DataError, GlocalkError
 from glocalk.serve import service
 from glocalk.serve.service import Limits, ModelHolder, ServeError
 from glocalk.version import __version__
 
 DESCRIPTION = """GLocal-K recommendations over HTTP. Ids are the raw ids of the training file, as strings.
-Ids the model did not see in training follow the model's `unknown` policy: "error" answers 404 naming them,
-"baseline" answers with the user + item bias model. Errors are JSON `{"error", "message"}` with a 4xx status."""
+Ids absent from the training data follow the unknown-id policy (`glocalk serve --unknown`, default the model's
+own): "error" answers 404 naming them, "baseline" answers with the user + item bias model.
+Errors are JSON `{"error", "message"}` with a 4xx status."""
 
 
 def schemas(limits: Limits) -> SimpleNamespace:
@@ -62,6 +64,9 @@ def schemas(limits: Limits) -> SimpleNamespace:
     class RecommendationsResponse(BaseModel):
         items: list[Recommendation]
 
+    class NewUserResponse(RecommendationsResponse):
+        ignored: list[str] = Field(description="rated items the model does not know (unknown policy 'baseline')")
+
     class Error(BaseModel):
         error: str
         message: str
@@ -69,6 +74,7 @@ def schemas(limits: Limits) -> SimpleNamespace:
 
     return SimpleNamespace(PredictRequest=PredictRequest, PredictResponse=PredictResponse,
                            NewUserRequest=NewUserRequest, RecommendationsResponse=RecommendationsResponse,
+                           NewUserResponse=NewUserResponse,
                            Error=Error)
 
 
@@ -131,7 +137,15 @@ def add_error_handlers(app: Any) -> None:
         return error_response(405, "method_not_allowed", f"{request.url.path} does not accept {request.method} "
                                                          "(see /docs)")
 
+    async def model_error(request: Any, exc: GlocalkError) -> Any:
+        # What the service's own checks let through: bad input is the client's (422), a model that
+        # scores NaN is the server's (500), each with the library's message.
+        if isinstance(exc, (DataError, ConfigError)):
+            return error_response(422, "invalid_request", str(exc))
+        return error_response(500, "model_error", str(exc))
+
     app.add_exception_handler(ServeError, refused)
+    app.add_exception_handler(GlocalkError, model_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(404, no_route)
     app.add_exception_handler(405, bad_method)
@@ -153,7 +167,7 @@ def add_scoring_routes(app: Any, holder: ModelHolder, s: SimpleNamespace) -> Non
     """POST /predict, GET /users/{user_id}/recommendations and POST /recommendations."""
     from fastapi import Path, Query
 
-    errors = {404: {"model": s.Error, "description": "an unknown id (the model's unknown policy is 'error')"},
+    errors = {404: {"model": s.Error, "description": "an unknown id (the unknown-id policy served is 'error')"},
               422: {"model": s.Error, "description": "an invalid request; the message names the problem"}}
     limits = holder.limits
     UserId = Annotated[str, Path(min_length=1, max_length=limits.max_id_length, description="a raw user id")]
@@ -173,13 +187,12 @@ def add_scoring_routes(app: Any, holder: ModelHolder, s: SimpleNamespace) -> Non
             exclude_seen: Annotated[bool, Query(description="leave out the items the user rated")] = True) -> Any:
         return {"items": service.recommend(holder.current, user_id, k, exclude_seen)}
 
-    @app.post("/recommendations", response_model=s.RecommendationsResponse,
-              responses={**errors, 501: {"model": s.Error, "description": "fold-in is not available"}},
-              summary="the top k items for a new user, from the ratings they gave (nothing is stored)")
+    @app.post("/recommendations", response_model=s.NewUserResponse, responses=errors,
+              summary="the top k items for a new user, from the ratings they gave (fold-in; nothing is stored)")
     def post_recommendations(body: s.NewUserRequest) -> Any:
         items = [r.item for r in body.ratings]
         ratings = [r.rating for r in body.ratings]
-        return {"items": service.recommend_new(holder.current, items, ratings, body.k)}
+        return service.recommend_new(holder.current, items, ratings, body.k)
 
 
 class BodyLimit:

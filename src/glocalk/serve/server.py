@@ -25,6 +25,7 @@ class ServeOptions:
     port: int = 8000
     watch: float | None = None  # poll the model directory every so many seconds; None: SIGHUP only
     access_log: bool = False  # one line per request (costs throughput)
+    unknown: str | None = None  # the unknown-id policy: "error", "baseline"; None: the model's own
     limits: Limits = field(default_factory=Limits)
 
 
@@ -55,7 +56,7 @@ def serve(model_dir: str | Path, options: ServeOptions) -> None:
     check_installed()
     import uvicorn
 
-    holder = ModelHolder(model_dir, options.limits)
+    holder = ModelHolder(model_dir, options.limits, options.unknown)
     log = logging.getLogger("glocalk.serve")
     if hasattr(signal, "SIGHUP"):  # uvicorn handles SIGINT and SIGTERM only; SIGHUP is ours
         signal.signal(signal.SIGHUP, lambda signum, frame: holder.reload_in_background())

@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,14 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glocalk.estimator import GLocalKRecommender
+from glocalk.errors import ConfigError, DataError
+from glocalk.estimator import UNKNOWN_POLICIES, GLocalKRecommender
 from glocalk.store import META, WEIGHTS, versions
 
 log = logging.getLogger("glocalk.serve")
 
 NOT_FOUND = 404
 UNPROCESSABLE = 422
-NOT_IMPLEMENTED = 501
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Loaded:
     users: dict[str, Any] = field(repr=False)  # raw id as text -> raw id (as the model holds it)
     items: dict[str, Any] = field(repr=False)
     trained_with: dict = field(default_factory=dict)  # model.json's "versions": the libraries that trained it
+    unknown: str = "error"  # the unknown-id policy served: --unknown, else the model's own
+    signature: tuple = ()  # the directory's files as they were just before the load (``signature``)
 
 
 def now() -> str:
@@ -88,13 +91,18 @@ def load_checked(path: str | Path) -> GLocalKRecommender:
     return model
 
 
-def load(path: str | Path, generation: int = 1) -> Loaded:
-    """``load_checked`` plus the record the service keeps; errors as ``GLocalKRecommender.load``."""
+def load(path: str | Path, generation: int = 1, unknown: str | None = None) -> Loaded:
+    """``load_checked`` plus the record the service keeps; errors as ``GLocalKRecommender.load``.
+    ``unknown``: the unknown-id policy ("error" or "baseline"; None: the model's own)."""
+    if unknown not in (None, *UNKNOWN_POLICIES):
+        raise ConfigError(f"unknown (--unknown) must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
     path = Path(path)
+    files = signature(path)  # before reading: a change during the load is seen as a change afterwards
     model = load_checked(path)
     return Loaded(model=model, path=path, resolved=path.resolve(), generation=generation, loaded_at=now(),
                   users={str(u): u for u in model.user_ids_}, items={str(i): i for i in model.item_ids_},
-                  trained_with=_trained_with(path))
+                  trained_with=_trained_with(path), unknown=unknown or model.unknown,
+                  signature=files)
 
 
 def _trained_with(path: Path) -> dict:
@@ -109,9 +117,10 @@ def _trained_with(path: Path) -> dict:
 class ModelHolder:
     """The model being served and its reloads (one at a time; requests never wait for one)."""
 
-    def __init__(self, path: str | Path, limits: Limits | None = None) -> None:
+    def __init__(self, path: str | Path, limits: Limits | None = None, unknown: str | None = None) -> None:
         self.limits = limits or Limits()
-        self.current: Loaded = load(path)
+        self.unknown = unknown
+        self.current: Loaded = load(path, unknown=unknown)
         self.last_reload: dict | None = None  # the outcome of the latest reload, for /health
         self._reloading = threading.Lock()
 
@@ -125,7 +134,7 @@ class ModelHolder:
             old = self.current
             started = time.perf_counter()
             try:
-                new = load(old.path, old.generation + 1)
+                new = load(old.path, old.generation + 1, self.unknown)
             except Exception as e:  # noqa: BLE001 - any failure refuses the new model, and says why
                 self.last_reload = {"ok": False, "at": now(), "error": f"{type(e).__name__}: {e}",
                                     "generation": old.generation}
@@ -148,7 +157,7 @@ class ModelHolder:
 class Watcher:
     """Reload when the model directory's files change: polls their (inode, mtime, size) every
     ``interval`` seconds and reloads once a change has held still for one more poll (so a directory
-    being replaced is not read half-written)."""
+    being replaced is not read half-written). Files refused once are not tried again until they change."""
 
     def __init__(self, holder: ModelHolder, interval: float) -> None:
         self.holder = holder
@@ -165,15 +174,15 @@ class Watcher:
         self._thread.join()
 
     def _run(self) -> None:
-        served = signature(self.holder.current.path)
-        pending = None
+        pending = refused = None
         while not self._stop.wait(self.interval):
             now_sig = signature(self.holder.current.path)
-            if now_sig == served:
+            if now_sig in (self.holder.current.signature, refused):
                 pending = None
             elif now_sig == pending:  # changed, and unchanged since the last poll
-                self.holder.reload()
-                served, pending = now_sig, None
+                if not self.holder.reload():
+                    refused = now_sig
+                pending = None
             else:
                 pending = now_sig
 
@@ -201,11 +210,12 @@ def _unknown(loaded: Loaded, kind: str, ids: Sequence[str]) -> list[str]:
 def _refuse_unknown(loaded: Loaded, kind: str, ids: Sequence[str]) -> None:
     """ServeError 404 naming the unknown ids when the model's policy is "error"."""
     missing = _unknown(loaded, kind, ids)
-    if missing and loaded.model.unknown == "error":
+    if missing and loaded.unknown == "error":
         shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ServeError(NOT_FOUND, f"unknown_{kind}",
-                         f"unknown {kind} id(s) {shown}: not in the model's training data (the model was "
-                         "saved with unknown='error'; fit it with --unknown baseline to answer with the bias model)")
+                         f"unknown {kind} id(s) {shown}: not in the model's training data (this service answers "
+                         "unknown ids with an error; `glocalk serve --unknown baseline` answers them with the bias "
+                         "model)")
 
 
 def _as_ids(loaded: Loaded, kind: str, ids: Sequence[str]) -> np.ndarray:
@@ -240,11 +250,52 @@ def recommend(loaded: Loaded, user: str, k: int, exclude_seen: bool) -> list[dic
     return ranked(frame)
 
 
-def recommend_new(loaded: Loaded, items: Sequence[str], ratings: Sequence[float], k: int) -> list[dict]:
-    """The top ``k`` items for a new user given their ratings (fold-in per request, nothing stored)."""
-    raise ServeError(NOT_IMPLEMENTED, "fold_in_missing",
-                     "POST /recommendations needs GLocalKRecommender.fold_in (new users without retraining), "
-                     "which this version of glocalk does not have yet")
+def new_user_id(loaded: Loaded) -> Any:
+    """An id no user of the model has, of the model's id type, for the request's new user."""
+    ids = loaded.model.user_ids_
+    if ids.dtype.kind in "iu":
+        return int(ids.max()) + 1
+    candidate = "new user"
+    while candidate in loaded.users:
+        candidate += "+"
+    return candidate
+
+
+def recommend_new(loaded: Loaded, items: Sequence[str], ratings: Sequence[float], k: int) -> dict:
+    """The top ``k`` items for a new user from the ratings they gave: the model is folded in for this
+    request (``GLocalKRecommender.fold_in``: the new user's output column fitted to their ratings,
+    everything trained frozen), asked, and dropped; nothing is stored.
+
+    The rated items are left out of the answer. An item the model does not know is refused (404)
+    under the "error" policy; under "baseline" it is ignored (listed as ``ignored``), and a user with
+    no usable rating gets the bias model's ranking. A repeated item or a rating outside the model's
+    scale is a 422 naming it.
+    """
+    model = loaded.model
+    repeated = [i for i, n in Counter(items).items() if n > 1]
+    if repeated:
+        raise ServeError(UNPROCESSABLE, "repeated_item", f"item(s) {', '.join(map(repr, repeated[:5]))} rated more "
+                                                         "than once: give each item one rating")
+    lo, hi = model.rating_scale_
+    off = [(i, r) for i, r in zip(items, ratings, strict=True) if not lo <= r <= hi]
+    if off:
+        raise ServeError(UNPROCESSABLE, "rating_out_of_scale", f"rating {off[0][1]:g} of item {off[0][0]!r} lies "
+                                                               f"outside the model's rating scale {lo:g}..{hi:g}")
+    _refuse_unknown(loaded, "item", items)
+    ignored = _unknown(loaded, "item", items)
+    keep = [(loaded.items[i], r) for i, r in zip(items, ratings, strict=True) if i in loaded.items]
+    user = new_user_id(loaded)
+    if keep:
+        frame = pd.DataFrame({"user": [user] * len(keep), "item": [i for i, _ in keep],
+                              "rating": [r for _, r in keep]})
+        try:
+            model = model.fold_in(frame)
+        except DataError as e:  # what fold-in cannot use, named (the checks above leave little)
+            raise ServeError(UNPROCESSABLE, "fold_in_refused", str(e)) from e
+        ranking = model.recommend(user, k=k, exclude_seen=True)
+    else:  # nothing the model knows: the bias model's ranking, as for any unknown user
+        ranking = model.recommend(user, k=k, exclude_seen=False, unknown="baseline")
+    return {"items": ranked(ranking), "ignored": ignored}
 
 
 def metadata(loaded: Loaded, limits: Limits) -> dict:
@@ -255,7 +306,7 @@ def metadata(loaded: Loaded, limits: Limits) -> dict:
         "generation": loaded.generation, "loaded_at": loaded.loaded_at,
         "n_users": len(model.user_ids_), "n_items": len(model.item_ids_),
         "n_ratings": int(model.model_.seen.nnz), "rating_scale": list(model.rating_scale_),
-        "unknown": model.unknown, "fallback": model.fallback,
+        "unknown": loaded.unknown, "fallback": model.fallback,
         "hyperparameters": model.model_.hyperparameters, "estimator": model.get_params(),
         "members": model.members_, "fingerprint": model.fingerprint_, "metrics": model.metrics_,
         "execution": model.model_.execution,
