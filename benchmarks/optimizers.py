@@ -3,12 +3,14 @@
     python benchmarks/optimizers.py --data-dir ../shared/data                      # ML-100K, seed 1
     python benchmarks/optimizers.py --data-dir ../shared/data --seeds 1 2 --threads 1
     python benchmarks/optimizers.py --data-dir ../shared/data --quick              # smoke check, to /tmp
+    python benchmarks/optimizers.py --tabulate runs.jsonl   # the files again from the runs' printed lines
 
 Each (seed, optimizer) is one ``python -m glocalk train`` process on the dataset's paper preset; the order
 of the optimisers alternates between seeds so a drift in the machine's load does not favour one. Records
 per run: wall time, the optimiser's and the evaluation's time (summed from epochs.jsonl), function
 evaluations and iterations, best (paper protocol) and final test RMSE, and the 1-minute load average
-before and after. Writes DATASET[-quick].json and .md under --out-dir (docs/benchmarks/optimizers).
+before and after. Writes DATASET[-quick].json and .md under --out-dir (docs/benchmarks/optimizers) after
+every run, so an interrupted benchmark keeps what it measured; each run is also printed as one JSON line.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def render(report: dict) -> str:
     lines = [f"# --optimizer scipy vs lbfgsb: {report['dataset']} paper protocol", "",
              f"Measured {report['date']} on {report['machine']}, {report['threads']} torch thread(s), "
              f"device {report['device']}; one process per run, order alternating by seed.", "",
-             f"Command: `{report['command']}`", "",
+             f"Command: `{report['command']}`", ""] + ([report["note"], ""] if report.get("note") else []) + [
              "| seed | optimizer | wall s | optimiser s | eval s | nfev | nit | best RMSE | final RMSE "
              "| load before/after |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -81,25 +83,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="2 + 2 epochs, written to a temporary folder")
     p.add_argument("--out-dir", default=str(REPO / "docs" / "benchmarks" / "optimizers"))
+    p.add_argument("--tabulate", default=None, help="write the files from these printed run lines (JSON lines)")
+    p.add_argument("--note", default="", help="a sentence for the report (e.g. how the tabulated runs were made)")
     args = p.parse_args(argv)
     out_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = []
+    report = {"dataset": args.dataset, "seeds": args.seeds, "threads": args.threads, "device": args.device,
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": f"{os.cpu_count()} cores", "quick": args.quick, "note": args.note,
+              "command": "python benchmarks/optimizers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "runs": []}
+    if args.tabulate:
+        report["runs"] = [json.loads(line) for line in Path(args.tabulate).read_text().splitlines()
+                          if line.startswith("{")]
+        report["seeds"] = sorted({r["seed"] for r in report["runs"]})
+        write(report, out_dir)
+        return
     with tempfile.TemporaryDirectory() as work:
         for i, seed in enumerate(args.seeds):
             for optimizer in (args.optimizers if i % 2 == 0 else args.optimizers[::-1]):
-                runs.append(run_one(args, seed, optimizer, Path(work)))
-                print(json.dumps(runs[-1]), flush=True)
-    report = {"dataset": args.dataset, "seeds": args.seeds, "threads": args.threads, "device": args.device,
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": f"{os.cpu_count()} cores", "quick": args.quick,
-              "command": "python benchmarks/optimizers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "runs": runs}
-    stem = args.dataset + ("-quick" if args.quick else "")
+                report["runs"].append(run_one(args, seed, optimizer, Path(work)))
+                print(json.dumps(report["runs"][-1]), flush=True)
+                write(report, out_dir)
+
+
+def write(report: dict, out_dir: Path) -> None:
+    """DATASET[-quick].json and .md under ``out_dir``."""
+    stem = report["dataset"] + ("-quick" if report["quick"] else "")
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / f"{stem}.md").write_text(render(report))
-    print(f"written: {out_dir / stem}.json, .md")
-
+    print(f"written: {out_dir / stem}.json, .md", flush=True)
 
 if __name__ == "__main__":
     main()
