@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from glocalk.data.matrix import RatingMatrix
-from glocalk.errors import TrainingError
+from glocalk.distributed import ShardedTrainer, current_group
+from glocalk.errors import ConfigError, TrainingError
 from glocalk.metrics import evaluate
 from glocalk.model import GLocalKConfig
 from glocalk.model_dir import Member
@@ -118,15 +119,21 @@ def train_run(data: RatingMatrix, model_config: GLocalKConfig, train_config: Tra
     t0 = time.perf_counter()
     train_config.validate()
     found = saved_state(o.state_dir) if o.state_dir is not None else None
+    group = current_group()  # sharded over processes: every rank runs this, rank 0 alone writes
+    if group.sharded and (o.predict_test or o.select_pretraining):
+        raise ConfigError("ensembles and pre-training selection are not available in a run sharded over "
+                          f"{group.world} processes yet; train with one process")
     if found is not None and not o.resume:
-        _discard(Path(o.state_dir))  # a fresh run must not pick up an old state
+        if group.writer:
+            _discard(Path(o.state_dir))  # a fresh run must not pick up an old state
         found = None
     saved = load_dir(found) if found is not None else None
     if saved is not None and saved[1].get("finished"):
         check_identity(saved[1], training_identity(data, model_config, train_config), str(found))
         _write_log(o.log_path, saved[1]["history"])
         return _finished_record(data, model_config, train_config, saved, o, t0)
-    trainer = Trainer(data, model_config, train_config)
+    trainer = ShardedTrainer(data, model_config, train_config, group) if group.sharded else Trainer(
+        data, model_config, train_config)
     pretraining = _PretrainingSnapshot() if o.select_pretraining else None
     if saved is not None:
         tensors, meta = saved
@@ -137,7 +144,7 @@ def train_run(data: RatingMatrix, model_config: GLocalKConfig, train_config: Tra
 
 
 def _train(trainer: Trainer, o: RunOptions, t0: float, pretraining: _PretrainingSnapshot | None) -> RunRecord:
-    log = _open_log(o.log_path, trainer.history)
+    log = _open_log(o.log_path, trainer.history) if current_group().writer else None
 
     def after_epoch(rec: dict) -> None:
         if log is not None:
@@ -239,7 +246,9 @@ class _PretrainingSnapshot:
 
 
 def _save(trainer: Trainer, state_dir: Path, finished: bool, pretraining: _PretrainingSnapshot | None) -> None:
-    tensors, meta = trainer.state()
+    tensors, meta = trainer.state()  # sharded: every rank takes part (it gathers), rank 0 writes
+    if not current_group().writer:
+        return
     if pretraining is not None and pretraining.state is not None:
         tensors = {**tensors, **pretraining.tensors()}
         meta = {**meta, "pretraining_val_rmse": pretraining.val_rmse}
@@ -363,7 +372,8 @@ def run_seed(data: RatingMatrix, params: dict, seed: int, out_dir: Path,
         "best": record.best, "final": record.final, "val_selected": record.val_selected,
         "function_evaluations": int(sum(r["nfev"] for r in record.history)),
     }
-    write_json_atomic(out_dir / "summary.json", summary)
+    if current_group().writer:
+        write_json_atomic(out_dir / "summary.json", summary)
     return summary, record
 
 
@@ -381,7 +391,9 @@ def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: 
     params = {**params, "device": o.device}
     split_config(params)[1].validate()  # bad options fail before any training, and before any output
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = current_group().writer  # sharded over processes: rank 0 alone writes
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     header = _experiment_header(data, params, seeds, o)
     runs, predictions, growth = [], [], []
@@ -396,10 +408,11 @@ def run_experiment(data: RatingMatrix, params: dict, seeds: list[int], out_dir: 
             extra["ensemble"] = ensemble_metrics(data, predictions, "val_selected" if o.val_frac else "final")
             growth.append(extra["ensemble"]["rmse"])  # how much each member adds
             extra["ensemble"]["rmse_by_members"] = list(growth)
-        write_json_atomic(out_dir / "summary.json", {
-            **header, "wall_time_s": time.perf_counter() - t0, "complete": len(runs) == len(seeds),
-            **aggregate(runs), **extra, "runs": runs})
-    return json.loads((out_dir / "summary.json").read_text())
+        summary = {**header, "wall_time_s": time.perf_counter() - t0, "complete": len(runs) == len(seeds),
+                   **aggregate(runs), **extra, "runs": runs}
+        if writer:
+            write_json_atomic(out_dir / "summary.json", summary)
+    return json.loads((out_dir / "summary.json").read_text()) if writer else summary
 
 
 def _experiment_header(data: RatingMatrix, params: dict, seeds: list[int], o: ExperimentOptions) -> dict:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
+import torch.multiprocessing as mp
+
 from glocalk.cli import compare, fit, recommend, serve, train
+from glocalk.distributed import ProcessGroup, free_port, local_env
 from glocalk.errors import GlocalkError
 
 USER_ERROR = 2
@@ -48,8 +52,14 @@ def describe_os_error(e: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``glocalk`` command: run one subcommand, map user errors to messages."""
+    """Entry point of the ``glocalk`` command: run one subcommand, map user errors to messages.
+
+    ``--nproc N`` (N > 1) outside torchrun: start N processes that each run this command as torchrun's
+    ranks would (``launch_local``).
+    """
     args = build_parser().parse_args(argv)
+    if getattr(args, "nproc", None) and args.nproc > 1 and not ProcessGroup.from_env().sharded:
+        return launch_local(list(sys.argv[1:] if argv is None else argv), args.nproc)
     try:
         return args.func(args)
     except GlocalkError as e:
@@ -65,6 +75,30 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
     print(f"glocalk: error: {message}", file=sys.stderr)
     return USER_ERROR
+
+
+def _rank_main(rank: int, argv: list[str], world: int, port: int) -> None:
+    os.environ.update(local_env(rank, world, port))
+    code = main(argv)
+    if code:
+        sys.exit(code)
+
+
+def launch_local(argv: list[str], nproc: int) -> int:
+    """Run ``glocalk ARGV`` in ``nproc`` processes on this machine, as ``torchrun --nproc-per-node`` would.
+
+    A process that fails (its error is printed by it) ends the others; the exit status is then its own.
+    """
+    try:
+        mp.spawn(_rank_main, args=(argv, nproc, free_port()), nprocs=nproc)
+    except mp.ProcessExitedException as e:
+        print(f"glocalk: error: process {e.error_index} of {nproc} ended with exit status {e.exit_code}; "
+              "the others were stopped", file=sys.stderr)
+        return e.exit_code if e.exit_code and e.exit_code > 0 else USER_ERROR
+    except mp.ProcessRaisedException as e:
+        print(f"glocalk: error: process {e.error_index} of {nproc} failed:\n{e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
