@@ -20,7 +20,7 @@ import scipy.signal
 import scipy.sparse as sp
 import torch
 
-from glocalk.sparse import ConvPlan, SparsePattern, sampled_mm, spmm
+from glocalk.sparse import ConvPlan, SparsePattern, index_dtype, sampled_mm, spmm
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -232,3 +232,52 @@ def test_csr_calls_leave_the_callers_warning_filters_alone():
         assert spmm(torch.ones(2), torch.eye(2), p).tolist() == [[0.0, 1.0], [1.0, 0.0]]
         assert p.matrix_t(torch.ones(2)).to_dense().tolist() == [[0.0, 1.0], [1.0, 0.0]]
         assert warnings.filters == mine, "a CSR call changed the caller's warning filters"
+
+
+# --------------------------------------------------------------------------- index width, laziness, materialised
+
+
+def test_indices_are_int32_where_they_fit():
+    m = random_csr(7, 6, 0.4, seed=30)
+    p = SparsePattern.from_scipy(m)
+    assert p.crow.dtype == p.col.dtype == torch.int32, "CSR indices of a small matrix must be int32"
+    assert p.t_col.dtype == p.t_perm.dtype == torch.int32
+    assert index_dtype(2**31 - 1) == torch.int32 and index_dtype(10, 2**31) == torch.int64
+    coo = m.tocoo()
+    plan = ConvPlan(coo.row, coo.col, coo.data, m.shape, 3)
+    assert plan.shifts.col.dtype == plan.output.col.dtype == torch.int32
+
+
+def test_transpose_is_built_only_for_a_backward():
+    m = random_csr(8, 5, 0.5, seed=31)
+    p = SparsePattern.from_scipy(m)
+    a, b = torch.randn(8, 3), torch.randn(3, 5)
+    with torch.no_grad():
+        sampled_mm(a, b, p)
+        spmm(torch.ones(p.nnz), torch.randn(5, 2), p)
+    assert not p.transpose_built, "a forward-only use (evaluation) must not build the transpose"
+    b.requires_grad_(True)
+    sampled_mm(a, b, p).sum().backward()
+    assert p.transpose_built
+
+
+@pytest.mark.parametrize("forwards", [1, 2])
+def test_materialised_spmm_equals_csr(forwards):
+    """The dense-GEMM execution of a pattern gives the CSR products' values and gradients, also when a
+    second forward (other values) overwrote the shared buffer before the first one's backward."""
+    m = random_csr(9, 7, 0.5, seed=32)
+    coo = m.tocoo()
+    csr, dense_p = SparsePattern.from_scipy(m), SparsePattern.from_scipy(m)
+    dense_p.materialise = True
+    gen = torch.Generator().manual_seed(4)
+    values = torch.rand(m.nnz, dtype=torch.float64, generator=gen).requires_grad_(True)
+    w = torch.randn(7, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    r = np.zeros(m.shape)
+    r[coo.row, coo.col] = values.detach().numpy()
+    outs = [spmm(values * (i + 1), w, dense_p) for i in range(forwards)]
+    np.testing.assert_allclose(outs[0].detach().numpy(), r @ w.detach().numpy(), rtol=1e-12)
+    g_out = torch.randn(9, 3, dtype=torch.float64, generator=gen)
+    got = torch.autograd.grad(outs[0], (values, w), g_out)
+    want = torch.autograd.grad(spmm(values, w, csr), (values, w), g_out)
+    for a, b, what in zip(got, want, ("values", "dense operand"), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"gradient in the {what}")

@@ -20,7 +20,7 @@ from pathlib import Path
 MAX_LINES = 60
 MAX_PARAMS = 8
 # Optional dependencies may be imported where they are used, so the core works without them.
-OPTIONAL = ("optuna", "matplotlib", "fastapi", "uvicorn", "pydantic")
+OPTIONAL = ("optuna", "matplotlib", "fastapi", "uvicorn", "pydantic", "threadpoolctl")
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 

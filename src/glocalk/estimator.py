@@ -53,12 +53,14 @@ from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.data.readers import IdMap
 from glocalk.data.scaling import RatingMap
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
+from glocalk.fold_in import LBFGS_STEPS
+from glocalk.fold_in_data import batch, merged
 from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.model_dir import SavedModel, fingerprint, load_model, save_model
 from glocalk.own_data import prepare, read_test, unknown_message
 from glocalk.presets import MODEL_KEYS, preset
 from glocalk.protocol import RunOptions, member_of, train_member
-from glocalk.scoring import Scorer, check_weights
+from glocalk.scoring import Scorer, check_weights, top_k
 
 UNKNOWN_POLICIES = ("error", "baseline")
 # Hyperparameters accepted as keywords besides the explicit constructor arguments.
@@ -307,15 +309,21 @@ class GLocalKRecommender:
             self.scorer_ = scorers[record["answer"]]
         return record
 
-    def _install(self, model: SavedModel) -> None:
-        """Set the fitted attributes and build the scoring core."""
-        self.scorer_ = Scorer(model)
+    def _install(self, model: SavedModel, scorer: Scorer | None = None) -> None:
+        """Set the fitted attributes and build the scoring core (or take ``scorer``, built for ``model``)."""
+        self.scorer_ = scorer or Scorer(model)
         self.model_ = replace(model, execution=self.scorer_.execution)
         seen = model.seen
+        self.fingerprint_ = fingerprint(seen)  # of the training ratings, folded-in ones aside
+        self.item_ids_, self.user_ids_ = np.asarray(model.item_ids), np.asarray(model.user_ids)
+        if model.folded is not None:
+            f = model.folded
+            seen = seen.copy()
+            seen.resize(f.ratings.shape)
+            seen = seen + f.ratings
+            self.item_ids_ = np.concatenate([self.item_ids_, f.item_ids])
+            self.user_ids_ = np.concatenate([self.user_ids_, f.user_ids])
         self._seen_t = seen.T.tocsr()  # (n_users, n_items): each user's rated items
-        self.fingerprint_ = fingerprint(seen)
-        self.item_ids_ = np.asarray(model.item_ids)
-        self.user_ids_ = np.asarray(model.user_ids)
         self._clip = tuple(float(x) for x in model.rating_scale)  # internal units
         self.offset_ = float(model.offset)
         self.rating_map_ = model.rating_map  # internal units -> the model's 1..5 (data.scaling)
@@ -324,6 +332,37 @@ class GLocalKRecommender:
         self.members_ = [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in model.members]
         self.history_ = {m.seed: m.history for m in model.members}
         self._fitted = True
+
+    # -- fold-in ------------------------------------------------------------------------------
+
+    def fold_in(self, ratings: Any, *, steps: int = LBFGS_STEPS, **read_options: Any) -> GLocalKRecommender:
+        """A copy of this model that also knows the users and items of ``ratings``, absent from training.
+
+        ``ratings``: a DataFrame (user, item, rating), a path or a ``readers.Ratings``, in the training
+        data's units; ``read_options`` go to ``readers.read_ratings``. A new user's output column is fitted
+        to their ratings, a new item is encoded by the network from its ratings by trained users;
+        everything trained stays frozen (``glocalk.fold_in``; ``glocalk.fold_in_data`` says which
+        ratings may be given). ``steps``: L-BFGS iterations per user when the local kernel is on.
+        This model is unchanged; the copy saves and loads like any model. Its ``fold_in_`` counts what
+        this call added (users, items, ratings used) and skipped (ratings of items nothing describes).
+        """
+        self._check_fitted()
+        df = read_test(ratings, self.rating_scale, **{"duplicates": self.duplicates, **read_options})
+        lo, hi = self.rating_scale_
+        bad = ~df["rating"].between(lo, hi).to_numpy()
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise DataError(f"fold-in: rating {df['rating'].iloc[k]:g} (user {df['user'].iloc[k]!r}, item "
+                            f"{df['item'].iloc[k]!r}) lies outside the model's rating scale {lo:g}..{hi:g}")
+        new = batch(df, self._ids, self.scorer_.n_trained_users, self.offset_)
+        scorer, columns, biases = self.scorer_.fold_in(new.ratings, steps)
+        info = {"lbfgs_steps": steps, "n_ratings": int(new.ratings.nnz + (
+            self.model_.folded.ratings.nnz if self.model_.folded is not None else 0))}
+        other = copy.copy(self)
+        other._install(replace(self.model_, folded=merged(self.model_.folded, new, columns, biases, info)), scorer)
+        other.fold_in_ = {"n_users": len(new.user_ids), "n_items": len(new.item_ids), "n_ratings": int(new.ratings.nnz),
+                          "n_skipped": new.n_skipped}
+        return other
 
     # -- prediction -----------------------------------------------------------------------
 
@@ -414,6 +453,11 @@ class GLocalKRecommender:
             if exclude_seen:
                 seen[self._seen_t.indices[self._seen_t.indptr[u]: self._seen_t.indptr[u + 1]]] = True
         candidates = np.flatnonzero(~seen)
+        if k < len(candidates):
+            # Only items scoring at least the k-th best raw score can be in the top k (clipping keeps the order):
+            # sort those alone (a request of the HTTP service is several times cheaper).
+            kth = np.partition(raw[candidates], len(candidates) - k)[len(candidates) - k]
+            candidates = candidates[raw[candidates] >= kth]
         clipped = np.clip(raw, *self._clip)
         # lexsort: last key primary -> descending clipped rating, then descending raw score, then item index.
         order = candidates[np.lexsort((candidates, -raw[candidates], -clipped[candidates]))][:k]
@@ -430,6 +474,38 @@ class GLocalKRecommender:
             frames.append(df)
         if not frames:
             return pd.DataFrame(columns=["user", "item", "score", "rank"])
+        return pd.concat(frames, ignore_index=True)
+
+    def recommend_all(self, k: int = 10, exclude_seen: bool = True, *, block: int = 1024,
+                      on_block: Callable[[int], None] | None = None) -> pd.DataFrame:
+        """``recommend`` for every user the model knows (trained and folded in), in blocks of ``block`` users.
+
+        ``recommend``'s answer for each user, from one matrix product per member and block (the same
+        ranking up to floating-point rounding: items whose scores agree to ~1e-6 may swap).
+        ``on_block(n)`` is called after each block with its number of users (a progress bar).
+        Returns columns user, item, score, rank (users in index order).
+        """
+        self._check_fitted()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
+        frames = []
+        for start in range(0, len(self.user_ids_), block):
+            u = np.arange(start, min(start + block, len(self.user_ids_)))
+            raw = self.scorer_.block_scores(u)  # (n_block, n_items)
+            if not np.isfinite(raw).all():
+                self._finite(raw.ravel(), np.repeat(self.user_ids_[u], raw.shape[1]), np.tile(self.item_ids_, len(u)))
+            if exclude_seen:
+                rows, cols = self._seen_t[u].nonzero()
+                raw[rows, cols] = -np.inf
+            top = top_k(raw, k)  # (n_block, k)
+            scores = raw[np.arange(len(u))[:, None], top]
+            valid = np.isfinite(scores)  # fewer unseen items than k: no more rows
+            frames.append(pd.DataFrame({
+                "user": np.repeat(self.user_ids_[u], top.shape[1])[valid.ravel()],
+                "item": self.item_ids_[top[valid]], "score": np.clip(scores[valid], *self._clip) - self.offset_,
+                "rank": np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[valid]}))
+            if on_block is not None:
+                on_block(len(u))
         return pd.concat(frames, ignore_index=True)
 
     def evaluate(self, test: Any, *, unknown: str = "skip", **read_options: Any) -> dict:

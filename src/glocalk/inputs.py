@@ -87,6 +87,7 @@ def prepare_input(train: sp.csr_matrix, sparse: bool, gk_size: int = 3,
     n_entries = train.shape[0] * train.shape[1]
     if conv_dense is None:
         conv_dense = conv.output.nnz >= CONV_DENSE_MIN_DENSITY * n_entries and n_entries <= CONV_DENSE_MAX_ENTRIES
+    conv.output.materialise = conv_dense
     return TrainingInput(
         train.shape,
         pattern=SparsePattern.from_scipy(train, device),

@@ -327,8 +327,8 @@ class GLocalK(nn.Module):
     def network_input(self, data, stage: Stage, weights):
         """x of a pass over a prepared input (``glocalk.inputs.TrainingInput``): R, or R_hat in stage 2.
 
-        Dense execution gives a (n_items, n_users) tensor; sparse execution a (pattern, values) pair,
-        or a dense R_hat when ``data.conv_dense`` (its pattern is then too dense for CSR to pay).
+        Dense execution gives a (n_items, n_users) tensor; sparse execution a (pattern, values) pair
+        (with ``data.conv_dense`` R_hat's pattern is ``materialise``d: too dense for CSR to pay).
         """
         if Stage(stage) == Stage.PRETRAIN or not self.config.global_kernel:
             return (data.pattern, data.values) if data.is_sparse else data.dense
@@ -338,11 +338,8 @@ class GLocalK(nn.Module):
         # Sparse: f(R)'s item means without the dense f(R); R_hat only on the dilation of R's pattern.
         h0 = self.encode((data.pattern, data.values), weights)  # (n_items, n_hid)
         values = F.relu(data.conv(self.global_kernel(self.item_means(h0, weights))))  # (conv nnz,)
-        out = data.conv.output
-        if data.conv_dense:
-            return torch.zeros(data.shape, dtype=values.dtype, device=values.device).index_put(
-                (out.row, out.col), values)
-        return (out, values)
+        # With data.conv_dense the pattern is ``materialise``d: the first layer runs as a dense GEMM.
+        return (data.conv.output, values)
 
     def loss(self, data, stage: Stage) -> torch.Tensor:
         """1/2 sum over observed entries of (R - f(x))^2 + regularisers: ``forward``'s loss, fused.

@@ -64,6 +64,24 @@ class Fallback:
 
 
 @dataclass
+class Folded:
+    """Users and items added after training by fold-in (``glocalk.fold_in``; absent: None).
+
+    Indices continue the trained ones: folded item k is row ``n_items + k``, folded user k column
+    ``n_users + k``. Only the users' fitted columns and the bias model's new biases are stored; the
+    new items' encodings are recomputed from their stored ratings (a deterministic forward pass).
+    """
+
+    user_ids: np.ndarray  # raw ids of the folded users, in index order
+    item_ids: np.ndarray
+    ratings: sp.csr_matrix  # (n_items + n_new_items, n_users + n_new_users), internal units: fold-in ratings only
+    columns: list[tuple[np.ndarray, np.ndarray]]  # per member: the new users' W*K (n_hid, n_new_users), b; float32
+    b_item: np.ndarray  # the answering bias model's biases of the new items (n_new_items,), internal units
+    b_user: np.ndarray  # ... and of the new users (n_new_users,)
+    info: dict = field(default_factory=dict)  # how they were fitted (model.json's "folded", besides the ids)
+
+
+@dataclass
 class SavedModel:
     """Everything a model directory holds (ratings in internal units: the user's plus ``offset``)."""
 
@@ -79,6 +97,7 @@ class SavedModel:
     execution: str | None = None  # "dense" or "sparse" maths when serving (model.json's "path")
     metrics: dict | None = None
     fallback: Fallback | None = None  # None: GLocal-K answers (no fallback was asked for)
+    folded: Folded | None = None  # users and items added by fold-in after training (None: none)
     rating_map: RatingMap = field(default_factory=RatingMap)
     """The map of the internal units onto the model's 1..5 the members were trained with (model.json's
     "rating_map"; a directory without it was trained before the map existed: the identity)."""
@@ -138,7 +157,26 @@ def save_model(path: str | Path, model: SavedModel, extra_files: dict[str, str] 
                                               torch.from_numpy(np.asarray(fb.b_item, dtype=np.float64)),
                                               torch.from_numpy(np.asarray(fb.b_user, dtype=np.float64))),
                            strict=True))
+    if model.folded is not None:
+        _save_folded(model, tensors, meta)
     return save_dir(path, tensors, meta, extra_files, owned)
+
+
+def _save_folded(model: SavedModel, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """The fold-in part: its ratings, the users' columns per member and the new biases; ids in model.json."""
+    f = model.folded
+    for label, ids, trained in (("user", f.user_ids, model.user_ids), ("item", f.item_ids, model.item_ids)):
+        if len(ids) and len(trained) and _id_type(ids) != _id_type(trained):
+            raise DataError(f"folded-in {label} ids are {_id_type(ids)}s but the model's are {_id_type(trained)}s")
+    tensors.update(_csr_tensors("folded.ratings", f.ratings))
+    for k, (w, b) in enumerate(f.columns):
+        tensors[f"folded.member{k}.w"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        tensors[f"folded.member{k}.b"] = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
+    tensors["folded.b_item"] = torch.from_numpy(np.asarray(f.b_item, dtype=np.float64))
+    tensors["folded.b_user"] = torch.from_numpy(np.asarray(f.b_user, dtype=np.float64))
+    meta["folded"] = {**f.info, "user_ids": _ids_to_json(f.user_ids), "item_ids": _ids_to_json(f.item_ids),
+                      "user_id_type": _id_type(model.user_ids), "item_id_type": _id_type(model.item_ids),
+                      "fingerprint": fingerprint(f.ratings)}
 
 
 def _csr_tensors(prefix: str, m: sp.csr_matrix) -> dict[str, torch.Tensor]:
@@ -213,7 +251,8 @@ def _read(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> SavedMode
                       offset=offset, hyperparameters=params, members=members, estimator=dict(estimator),
                       execution=execution, metrics=metrics,
                       fallback=_fallback(meta, tensors, (n_items, n_users), path),
-                      rating_map=_rating_map(meta, where))
+                      rating_map=_rating_map(meta, where),
+                      folded=_folded(meta, tensors, (item_ids, user_ids), params["n_hid"], path))
 
 
 def _fallback(meta: dict, tensors: dict[str, torch.Tensor], shape: tuple[int, int], path: Path) -> Fallback | None:
@@ -234,6 +273,43 @@ def _fallback(meta: dict, tensors: dict[str, torch.Tensor], shape: tuple[int, in
         raise CheckpointError(f"{weights}: the fallback's bias model holds NaN or infinite values")
     rest = {k: v for k, v in info.items() if k != "answer"}
     return Fallback(info["answer"], float(mu[0]), b_item, b_user, rest)
+
+
+def _folded(meta: dict, tensors: dict[str, torch.Tensor], trained: tuple[np.ndarray, np.ndarray], n_hid: int,
+            path: Path) -> Folded | None:
+    """model.json's "folded" with its tensors, checked; None for a model without fold-in (all before issue 12)."""
+    if "folded" not in meta:
+        return None
+    where, weights = path / "model.json", path / "weights.safetensors"
+    info = meta["folded"]
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: folded must be a JSON object")
+    item_ids = _ids_from_json(info["item_ids"], info["item_id_type"], f"{where}: folded.item_ids")
+    user_ids = _ids_from_json(info["user_ids"], info["user_id_type"], f"{where}: folded.user_ids")
+    for label, ids, old in (("item", item_ids, trained[0]), ("user", user_ids, trained[1])):
+        if len(pd.unique(np.concatenate([old, ids]))) != len(old) + len(ids):
+            raise CheckpointError(f"{where}: the folded-in {label} ids are not unique or repeat trained ones")
+    (n_items, n_users), new = (len(trained[0]), len(trained[1])), (len(item_ids), len(user_ids))
+    shape = (n_items + new[0], n_users + new[1])
+    ratings = _csr_from_tensors(tensors, "folded.ratings", shape, weights)
+    coo = ratings.tocoo()
+    if np.any((coo.row < n_items) & (coo.col < n_users)) or fingerprint(ratings) != info["fingerprint"]:
+        raise CheckpointError(f"{weights}: the folded-in ratings are corrupt (they do not match model.json's "
+                              "fingerprint, or rate a trained item by a trained user)")
+    columns = []
+    for k in range(len(meta["members"])):
+        w, b = (tensors.get(f"folded.member{k}.{name}") for name in ("w", "b"))
+        if w is None or b is None or tuple(w.shape) != (n_hid, new[1]) or tuple(b.shape) != (new[1],):
+            raise CheckpointError(f"{weights}: member {k}'s folded-in user columns are missing or not "
+                                  f"{n_hid} x {new[1]}")
+        columns.append((w.float().numpy(), b.float().numpy()))
+    b_item, b_user = (tensors.get(f"folded.{name}") for name in ("b_item", "b_user"))
+    if b_item is None or b_user is None or tuple(b_item.shape) != (new[0],) or tuple(b_user.shape) != (new[1],):
+        raise CheckpointError(f"{weights}: the folded-in biases are missing or do not fit {new[0]} items, "
+                              f"{new[1]} users")
+    rest = {k: v for k, v in info.items() if k not in ("user_ids", "item_ids", "user_id_type", "item_id_type",
+                                                       "fingerprint")}
+    return Folded(user_ids, item_ids, ratings, columns, b_item.double().numpy(), b_user.double().numpy(), rest)
 
 
 def _integer(obj: dict, key: str, where: Any, low: int = 0, label: str | None = None) -> int:

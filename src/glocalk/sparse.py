@@ -29,38 +29,45 @@ def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, sha
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
+def index_dtype(*sizes: int) -> torch.dtype:
+    """int32 when every index and offset (< each of ``sizes``) fits in it, else int64.
+
+    int32 CSR indices halve the index memory and take MKL's (and cuSPARSE's) 32-bit kernels, about
+    2-3x faster for CSR @ dense and the SDDMM on this CPU than with int64 (docs/PERFORMANCE.md).
+    """
+    return torch.int32 if max(sizes, default=0) < 2**31 else torch.int64
+
+
 class SparsePattern:
-    """The fixed CSR sparsity pattern of an (n_rows, n_cols) matrix, with its transpose.
+    """The fixed CSR sparsity pattern of an (n_rows, n_cols) matrix; its transpose is built on first use.
 
     Values live outside the pattern (as a 1-D tensor in CSR order), so one pattern serves
-    many value vectors (ratings, errors, gradients) without rebuilding indices.
+    many value vectors (ratings, errors, gradients) without rebuilding indices. Indices are
+    int32 where they fit (``index_dtype``). Patterns that are only read forward (the evaluation
+    splits) never build the transpose, which costs three further index vectors.
+
+    ``materialise``: products with this pattern run as a dense GEMM on the matrix scattered into a
+    dense buffer kept with the pattern (``spmm``); set it for patterns so dense (the 3x3 dilation of
+    R's, on small matrices) that a GEMM at the machine's peak beats CSR products.
     """
 
     def __init__(self, crow: torch.Tensor, col: torch.Tensor, shape: tuple[int, int]) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
-        self.crow = crow.to(torch.int64)
-        self.col = col.to(torch.int64)
-        counts = self.crow[1:] - self.crow[:-1]
-        self.row = torch.repeat_interleave(torch.arange(self.shape[0], device=crow.device), counts)
-        # Transpose: entries re-ordered by (col, row); t_perm maps transpose order -> CSR order.
-        key = self.col * self.shape[0] + self.row
-        self.t_perm = torch.argsort(key, stable=True)
-        self.t_col = self.row[self.t_perm]
-        t_counts = torch.bincount(self.col, minlength=self.shape[1])
-        self.t_crow = torch.zeros(self.shape[1] + 1, dtype=torch.int64, device=crow.device)
-        self.t_crow[1:] = torch.cumsum(t_counts, 0)
+        dtype = index_dtype(col.numel(), *self.shape)
+        self.crow = crow.to(dtype)
+        self.col = col.to(dtype)
+        self.materialise = False
+        self._transpose: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._zeros: torch.Tensor | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._t_values: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     @classmethod
     def from_scipy(cls, m: sp.csr_matrix, device: torch.device | str = "cpu") -> SparsePattern:
         """Pattern of a scipy CSR matrix (its indices must be sorted)."""
         m = sp.csr_matrix(m)
         m.sort_indices()
-        return cls(
-            torch.from_numpy(m.indptr.astype(np.int64)).to(device),
-            torch.from_numpy(m.indices.astype(np.int64)).to(device),
-            m.shape,
-        )
+        return cls(torch.from_numpy(m.indptr).to(device), torch.from_numpy(m.indices).to(device), m.shape)
 
     @property
     def nnz(self) -> int:
@@ -70,18 +77,81 @@ class SparsePattern:
     def device(self) -> torch.device:
         return self.col.device
 
+    @property
+    def row(self) -> torch.Tensor:
+        """Row index of each entry in CSR order (computed on each call; nothing kept)."""
+        counts = self.crow[1:] - self.crow[:-1]
+        return torch.repeat_interleave(torch.arange(self.shape[0], dtype=self.col.dtype, device=self.device), counts)
+
+    def _transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._transpose is None:
+            # CSR order is (row, col)-sorted, so a stable sort by column gives the (col, row) order.
+            t_perm = torch.argsort(self.col, stable=True).to(self.col.dtype)  # transpose order -> CSR order
+            t_col = self.row[t_perm]
+            t_crow = torch.zeros(self.shape[1] + 1, dtype=self.col.dtype, device=self.device)
+            t_crow[1:] = torch.cumsum(torch.bincount(self.col, minlength=self.shape[1]), 0)
+            self._transpose = (t_crow, t_col, t_perm)
+        return self._transpose
+
+    @property
+    def transpose_built(self) -> bool:
+        """Whether the transpose's indices exist (they are built by the first product that needs them)."""
+        return self._transpose is not None
+
+    @property
+    def t_crow(self) -> torch.Tensor:
+        """Row offsets of the transpose's CSR (n_cols + 1)."""
+        return self._transposed()[0]
+
+    @property
+    def t_col(self) -> torch.Tensor:
+        """Column indices of the transpose's CSR (the rows of this pattern, in transpose order)."""
+        return self._transposed()[1]
+
+    @property
+    def t_perm(self) -> torch.Tensor:
+        """Position in CSR order of each entry of the transpose."""
+        return self._transposed()[2]
+
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """The sparse CSR tensor with this pattern and ``values`` (in CSR order)."""
         return _csr_tensor(self.crow, self.col, values, self.shape)
 
-    def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
-        """The transpose, as a CSR tensor of shape (n_cols, n_rows)."""
-        return _csr_tensor(self.t_crow, self.t_col, values[self.t_perm], (self.shape[1], self.shape[0]))
+    def matrix_t(self, values: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        """The transpose, as a CSR tensor of shape (n_cols, n_rows).
+
+        ``keep``: ``values`` is a constant (the ratings, the convolution's shifts): its transposed
+        values are kept for the next call with the same, unchanged tensor instead of gathered again.
+        """
+        t_crow, t_col, t_perm = self._transposed()
+        cached = self._t_values
+        if keep and cached is not None and cached[0] is values and cached[1] == values._version:
+            t_values = cached[2]
+        else:
+            t_values = values[t_perm]
+            if keep:
+                self._t_values = (values, values._version, t_values)
+        return _csr_tensor(t_crow, t_col, t_values, (self.shape[1], self.shape[0]))
 
     def zeros_matrix(self, dtype: torch.dtype) -> torch.Tensor:
         if self._zeros is None or self._zeros.dtype != dtype:
             self._zeros = torch.zeros(self.nnz, dtype=dtype, device=self.device)
         return self.matrix(self._zeros)
+
+    def buffer(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """A dense (n_rows, n_cols) buffer kept with the pattern, zero on creation (``materialise``)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype:
+            buf = self._buffers[name] = torch.zeros(self.shape, dtype=dtype, device=self.device)
+        return buf
+
+    def flat_index(self) -> torch.Tensor:
+        """row * n_cols + col of each entry (CSR order): where the entries sit in a dense row-major matrix."""
+        idx = self._buffers.get("flat_index")
+        if idx is None:
+            dtype = index_dtype(self.shape[0] * self.shape[1])
+            idx = self._buffers["flat_index"] = self.row.to(dtype) * self.shape[1] + self.col.to(dtype)
+        return idx
 
 
 def sampled_values(pattern: SparsePattern, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -92,12 +162,33 @@ def sampled_values(pattern: SparsePattern, a: torch.Tensor, b: torch.Tensor) -> 
     return out.values()
 
 
+# CSR @ dense on the CPU in blocks of CSR_MM_BLOCK dense columns when the dense operand is larger
+# than the cache (CSR_MM_BLOCK_MIN_BYTES) but one block of it (n_rows x 32 floats) fits a core's L2
+# (CSR_MM_BLOCK_MAX_BYTES): the sparse rows then gather from cache. Measured on ML-1M (one thread):
+# about 1.3x faster passes; on ML-100K, whose operands fit the cache, blocking only adds calls, and
+# at ML-10M's 69,878 users one block no longer fits, so every block would re-read the indices
+# (docs/PASSES.md). Each output entry is the same sum in the same order: the result is unchanged.
+CSR_MM_BLOCK = 32
+CSR_MM_BLOCK_MIN_BYTES = 4 * 2**20
+CSR_MM_BLOCK_MAX_BYTES = 2**20
+
+
+def csr_mm(m: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """CSR tensor @ dense matrix, column-blocked on the CPU where that keeps a block in cache; else one product."""
+    k = dense.shape[1]
+    size = dense.element_size()
+    if (dense.device.type != "cpu" or k <= CSR_MM_BLOCK or dense.numel() * size < CSR_MM_BLOCK_MIN_BYTES
+            or dense.shape[0] * CSR_MM_BLOCK * size > CSR_MM_BLOCK_MAX_BYTES):
+        return m @ dense
+    return torch.cat([m @ dense[:, i: i + CSR_MM_BLOCK].contiguous() for i in range(0, k, CSR_MM_BLOCK)], 1)
+
+
 class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, dense, pattern):  # noqa: D102
         ctx.save_for_backward(values, dense)
         ctx.pattern = pattern
-        return pattern.matrix(values) @ dense  # (n_rows, k)
+        return csr_mm(pattern.matrix(values), dense)  # (n_rows, k)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
@@ -109,8 +200,45 @@ class _SpMM(torch.autograd.Function):
             # d/d values[p] = grad[row_p] . dense[col_p]: an SDDMM, never (nnz x k) in memory.
             g_values = sampled_values(pattern, grad, dense.T)
         if ctx.needs_input_grad[1]:
-            g_dense = pattern.matrix_t(values) @ grad
+            g_dense = csr_mm(pattern.matrix_t(values, keep=not ctx.needs_input_grad[0]), grad)
         return g_values, g_dense, None
+
+
+class _MaterialisedSpMM(torch.autograd.Function):
+    """``_SpMM`` for a ``materialise`` pattern: the matrix scattered into the pattern's dense buffer, then
+    dense GEMMs. The buffer is reused pass after pass (its zeros outside the pattern never change), so a
+    pass allocates no (n_rows x n_cols) matrix."""
+
+    @staticmethod
+    def forward(ctx, values, dense, pattern):  # noqa: D102
+        x = _scatter(pattern, values)
+        ctx.save_for_backward(values, dense)
+        ctx.pattern, ctx.version = pattern, x._version
+        return x @ dense  # (n_rows, k)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        values, dense = ctx.saved_tensors
+        pattern = ctx.pattern
+        x = pattern.buffer("input", values.dtype)
+        if x._version != ctx.version:  # another forward since this one (gradcheck does that): restore
+            x = _scatter(pattern, values)
+        g_values = g_dense = None
+        if ctx.needs_input_grad[1]:
+            g_dense = x.T @ grad  # (n_cols, k)
+        if ctx.needs_input_grad[0]:
+            # grad @ dense.T at the pattern's entries; the product is written into a kept buffer.
+            g_x = pattern.buffer("grad", grad.dtype)
+            torch.mm(grad, dense.T, out=g_x)
+            g_values = g_x.view(-1)[pattern.flat_index()]
+        return g_values, g_dense, None
+
+
+def _scatter(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
+    """The pattern's dense input buffer holding ``values`` (zero outside the pattern)."""
+    x = pattern.buffer("input", values.dtype)  # (n_rows, n_cols)
+    x.view(-1).index_put_((pattern.flat_index(),), values)
+    return x
 
 
 class _SampledMM(torch.autograd.Function):
@@ -127,14 +255,21 @@ class _SampledMM(torch.autograd.Function):
         grad = grad.contiguous()
         g_a = g_b = None
         if ctx.needs_input_grad[0]:
-            g_a = pattern.matrix(grad) @ b.T  # (n_rows, k)
+            g_a = csr_mm(pattern.matrix(grad), b.T)  # (n_rows, k)
         if ctx.needs_input_grad[1]:
-            g_b = (pattern.matrix_t(grad) @ a).T  # (k, n_cols)
+            # Row-major (k, n_cols) like b: the elementwise backward ops downstream (the kernel layer's)
+            # would otherwise walk a transposed view, several times slower than one copy here.
+            g_b = csr_mm(pattern.matrix_t(grad), a).T.contiguous()  # (k, n_cols)
         return g_a, g_b, None
 
 
 def spmm(values: torch.Tensor, dense: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
-    """(sparse(pattern, values) @ dense), differentiable in ``values`` and ``dense``."""
+    """(sparse(pattern, values) @ dense), differentiable in ``values`` and ``dense``.
+
+    CSR products, or dense GEMMs on the materialised matrix when ``pattern.materialise`` is set.
+    """
+    if pattern.materialise:
+        return _MaterialisedSpMM.apply(values, dense, pattern)
     return _SpMM.apply(values, dense, pattern)
 
 
@@ -155,32 +290,62 @@ class ConvPlan:
                  k: int, device: torch.device | str = "cpu") -> None:
         n_rows, n_cols = shape
         left = (k - 1) // 2  # TF/torch "same" padding puts the smaller half first
-        out_keys, shift_ids, src_vals = [], [], []
-        rows = rows.astype(np.int64)
-        cols = cols.astype(np.int64)
+        order = np.lexsort((cols, rows))  # CSR order, so that every shifted copy is sorted too
+        rows, cols = np.asarray(rows, np.int64)[order], np.asarray(cols, np.int64)[order]
+        vals = np.asarray(vals, np.float32)[order]
+        # R[i, j] contributes g[a, b] * R[i, j] to out[i - a + left, j - b + left]: per shift (a, b), the
+        # (sorted) output keys row * n_cols + col of R's entries that land inside the matrix.
+        shifted = []
         for a in range(k):
             for b in range(k):
-                # R[i, j] contributes g[a, b] * R[i, j] to out[i - a + left, j - b + left].
                 orow, ocol = rows - a + left, cols - b + left
                 ok = (orow >= 0) & (orow < n_rows) & (ocol >= 0) & (ocol < n_cols)
-                out_keys.append(orow[ok] * n_cols + ocol[ok])
-                shift_ids.append(np.full(int(ok.sum()), a * k + b, dtype=np.int64))
-                src_vals.append(vals[ok])
-        keys = np.concatenate(out_keys)
-        uniq, inverse = np.unique(keys, return_inverse=True)  # row-major order = CSR order
-        out_rows, out_cols = uniq // n_cols, uniq % n_cols
-        self.output = SparsePattern.from_scipy(
-            sp.csr_matrix((np.ones(len(uniq), np.float32), (out_rows, out_cols)), shape=shape), device
-        )
-        shifts = sp.csr_matrix(
-            (np.concatenate(src_vals).astype(np.float32), (inverse, np.concatenate(shift_ids))),
-            shape=(len(uniq), k * k),
-        )
-        shifts.sort_indices()
+                shifted.append((orow[ok] * n_cols + ocol[ok], vals[ok]))
+        del rows, cols, vals
+        keys = _union_sorted([key for key, _ in shifted])  # the output pattern, row-major = CSR order
+        self.output = SparsePattern(*_csr_of_keys(keys, shape, device), shape)
+        # The (k^2 x |P|) transpose of the shifts matrix comes out directly: row a * k + b holds the
+        # output positions of shift (a, b), increasing. Its transpose is the (|P| x k^2) CSR.
+        idx = index_dtype(len(keys), sum(len(key) for key, _ in shifted))
+        shifts_t = sp.csr_matrix(
+            (np.concatenate([v for _, v in shifted]),
+             np.concatenate([np.searchsorted(keys, key).astype(_np_index(idx)) for key, _ in shifted]),
+             np.concatenate([[0], np.cumsum([len(key) for key, _ in shifted])])),
+            shape=(k * k, len(keys)))
+        del shifted, keys
+        shifts = shifts_t.T.tocsr()  # canonical: sorted indices
+        del shifts_t
         self.shifts = SparsePattern.from_scipy(shifts, device)
-        self.shift_values = torch.from_numpy(shifts.data.astype(np.float32)).to(device)
+        self.shift_values = torch.from_numpy(shifts.data).to(device)
 
     def __call__(self, kernel: torch.Tensor) -> torch.Tensor:
         """Values of conv(R, kernel) on ``self.output`` (before any activation)."""
         flat = kernel.reshape(-1, 1)
         return spmm(self.shift_values.to(flat.dtype), flat, self.shifts).squeeze(1)
+
+
+def _np_index(dtype: torch.dtype) -> type:
+    """The NumPy integer type of a torch index dtype."""
+    return np.int32 if dtype == torch.int32 else np.int64
+
+
+def _union_sorted(arrays: list[np.ndarray]) -> np.ndarray:
+    """Sorted union of int64 arrays: one in-place sort of their concatenation, then its distinct values."""
+    keys = np.concatenate(arrays)
+    keys.sort()
+    first = np.empty(len(keys), dtype=bool)
+    first[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return keys[first]
+
+
+def _csr_of_keys(keys: np.ndarray, shape: tuple[int, int],
+                 device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crow, col) of the CSR pattern whose entries are the sorted keys row * n_cols + col."""
+    idx = _np_index(index_dtype(len(keys), *shape))
+    rows = keys // shape[1]
+    crow = np.zeros(shape[0] + 1, dtype=idx)
+    np.cumsum(np.bincount(rows, minlength=shape[0]), out=crow[1:])
+    del rows
+    col = (keys % shape[1]).astype(idx)
+    return torch.from_numpy(crow).to(device), torch.from_numpy(col).to(device)

@@ -14,7 +14,7 @@ import sys
 
 import torch.multiprocessing as mp
 
-from glocalk.cli import compare, fit, train
+from glocalk.cli import compare, fit, recommend, serve, train
 from glocalk.distributed import ProcessGroup, free_port, local_env
 from glocalk.errors import GlocalkError
 
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     fit.register(sub)
     compare.register(sub)
+    serve.register(sub)
+    recommend.register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Own-data commands: ``glocalk fit``, ``evaluate``, ``predict`` and ``recommend``.
+"""Own-data commands: ``glocalk fit``, ``evaluate`` and ``predict`` (``recommend`` and ``fold-in``: cli/recommend.py).
 
 Argument parsing and printing only: ``glocalk fit`` is ``compare.validation.fit_and_report``
 (which documents the output folder and its ``MODEL_DIR.partial/`` training state); the other
@@ -11,86 +11,28 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from glocalk.autoconfig import AUTO
 from glocalk.cli.options import (
     add_budget,
+    add_reader_options,
     add_training_run,
     auto_lines,
     comparison_lines,
     execution,
     overrides,
     progress,
+    reader_kwargs,
+    write_csv,
 )
 from glocalk.compare.report import mean_std
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
-from glocalk.data.options import DUPLICATE_POLICIES
-from glocalk.data.readers import Ratings, read_pairs, read_users
+from glocalk.data.readers import Ratings, read_pairs
 from glocalk.errors import ConfigError, DataError
 from glocalk.estimator import GLocalKRecommender
 from glocalk.presets import PRESETS
-from glocalk.store import write_atomic, write_json_atomic
+from glocalk.store import write_json_atomic
 
-__all__ = ["REPORT", "TEST_FRAC", "cmd_evaluate", "cmd_fit", "cmd_predict", "cmd_recommend", "partial_dir",
-           "register"]
-
-
-# -- shared option groups ---------------------------------------------------------------------
-
-
-def _column(text: str) -> str | int:
-    """A column given on the command line: a 0-based position if it is a number, else a name."""
-    return int(text) if text.isdigit() else text
-
-
-def _add_reader_options(p: argparse.ArgumentParser, ratings: bool = True, title: str = "reading the files") -> None:
-    what = "rating files are" if ratings else "the pairs file is"
-    g = p.add_argument_group(title, f"how {what} parsed (CSV, TSV, '::' .dat, whitespace, Parquet)")
-    inferred = ("a header when its rating field is not a number, or when columns are chosen by name" if ratings
-                else "a header when it names a user and an item column, or when columns are chosen by name")
-    g.add_argument("--sep", default=None,
-                   help="field separator, e.g. ',' '\\t' '::' ';' (default: sniffed from the first line)")
-    hdr = g.add_mutually_exclusive_group()
-    hdr.add_argument("--header", dest="header", action="store_const", const=True, default="infer",
-                     help=f"the first line names the columns (default: inferred -- {inferred})")
-    hdr.add_argument("--no-header", dest="header", action="store_const", const=False,
-                     help="the first line is data (e.g. MovieLens ratings.dat)")
-    g.add_argument("--user-col", type=_column, default=None,
-                   help="user id column: a name or a 0-based position (default: a column named user, user_id, "
-                        "userId, ... or position 0 without a header)")
-    g.add_argument("--item-col", type=_column, default=None,
-                   help="item id column: a name or 0-based position (default: item, item_id, movieId, ... or "
-                        "position 1)")
-    if ratings:
-        g.add_argument("--rating-col", type=_column, default=None,
-                       help="rating column: a name or 0-based position (default: rating, score, stars, ... or "
-                            "position 2)")
-        g.add_argument("--time-col", type=_column, default=None,
-                       help="timestamp column, needed by --split time (default: timestamp, time, ts, date, ... or "
-                            "position 3 when present)")
-        g.add_argument("--no-time", action="store_true", help="ignore any timestamp column")
-        g.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="error",
-                       help="several ratings of one (user, item) pair: an error naming the lines (default), or "
-                            "keep the last, the first, or their mean")
-    g.add_argument("--encoding", default="utf-8", help="text encoding of the files (default utf-8)")
-
-
-def _reader_kwargs(args: argparse.Namespace) -> dict:
-    sep = args.sep.encode().decode("unicode_escape") if args.sep else None  # lets '\t' be typed literally
-    kw = {"sep": sep, "header": args.header, "user_col": args.user_col, "item_col": args.item_col,
-          "encoding": args.encoding}
-    if hasattr(args, "rating_col"):
-        kw.update(rating_col=args.rating_col, time_col=False if args.no_time else args.time_col,
-                  duplicates=args.duplicates)
-    return kw
-
-
-def _write_csv(df: pd.DataFrame, output: str | None) -> None:
-    if output in (None, "-"):
-        df.to_csv(sys.stdout, index=False)
-    else:
-        write_atomic(output, lambda tmp: df.to_csv(tmp, index=False))
+__all__ = ["REPORT", "TEST_FRAC", "cmd_evaluate", "cmd_fit", "cmd_predict", "partial_dir", "register"]
 
 
 def _fmt_metrics(m: dict) -> str:
@@ -136,7 +78,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     est = _estimator(args, overrides(args))
     config = FitConfig(ratings=args.ratings, out=args.out, test=args.test, split=args.split, test_frac=args.test_frac,
                        folds=args.folds, refit=not args.no_refit, split_seed=args.split_seed, force=args.force,
-                       resume=args.resume, read_options=_reader_kwargs(args), command=["glocalk", *sys.argv[1:]])
+                       resume=args.resume, read_options=reader_kwargs(args), command=["glocalk", *sys.argv[1:]])
     params = est.config()
     on_epoch, close = progress(params["epoch_p"] + params["epoch_f"], len(est.seeds()), args.quiet)
     try:
@@ -172,7 +114,7 @@ def _print_fit(report: dict, out: Path, saved: bool, comparison: dict | None = N
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model = GLocalKRecommender.load(args.model_dir)
-    metrics = model.evaluate(args.test_file, unknown=args.unknown, **_reader_kwargs(args))
+    metrics = model.evaluate(args.test_file, unknown=args.unknown, **reader_kwargs(args))
     print(f"{args.test_file}: {_fmt_metrics(metrics)}")
     if args.json:
         write_json_atomic(args.json, {"model": str(args.model_dir), "test": str(args.test_file), **metrics})
@@ -181,21 +123,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = GLocalKRecommender.load(args.model_dir)
-    kw = _reader_kwargs(args)
+    kw = reader_kwargs(args)
     pairs = read_pairs(args.pairs_file, **kw)
     try:
         pred = model.predict(pairs, unknown=args.unknown)
     except DataError as e:
         raise DataError(f"{args.pairs_file}: {e}") from e
-    _write_csv(pairs.assign(prediction=pred), args.output)
-    return 0
-
-
-def cmd_recommend(args: argparse.Namespace) -> int:
-    model = GLocalKRecommender.load(args.model_dir)
-    users = [args.user] if args.user is not None else read_users(args.users_file)
-    recs = model.recommend_many(users, k=args.k, exclude_seen=not args.include_seen, unknown=args.unknown)
-    _write_csv(recs, args.output)
+    write_csv(pairs.assign(prediction=pred), args.output)
     return 0
 
 
@@ -203,7 +137,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    """Add fit, evaluate, predict and recommend to the ``glocalk`` sub-command parser."""
+    """Add fit, evaluate and predict to the ``glocalk`` sub-command parser."""
     _register_fit(sub)
     _register_serving(sub)
 
@@ -261,7 +195,7 @@ def _register_fit(sub) -> None:
                         "baseline: the saved model answers with whichever is better on the validation ratings "
                         "(needs a validation split); none: GLocal-K answers. Default: baseline without "
                         "--preset, none with one")
-    _add_reader_options(p)
+    add_reader_options(p)
     add_training_run(p)
     p.set_defaults(func=cmd_fit)
 
@@ -278,7 +212,7 @@ def _register_serving(sub) -> None:
                    help="test ratings of users or items the model has not seen: skip them and count them "
                         "(default), fail, or predict them with the bias baseline")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
-    _add_reader_options(p)
+    add_reader_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict ratings for (user, item) pairs; writes a CSV",
@@ -291,24 +225,7 @@ def _register_serving(sub) -> None:
     p.add_argument("--unknown", choices=["error", "baseline"], default="error",
                    help="a user or item not in the training data: an error naming it (default), or the "
                         "baseline's prediction (global mean + item and user biases)")
-    _add_reader_options(p, ratings=False)
+    add_reader_options(p, ratings=False)
     p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("recommend", help="top-k items for a user (or a file of users); writes a CSV",
-                       description="The k items with the highest predicted rating for each user, by default "
-                                   "excluding the items the user rated in the training data. Writes CSV columns "
-                                   "user, item, score (predicted rating), rank.")
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by glocalk fit")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", metavar="ID", help="the user's raw id, as in the ratings file")
-    who.add_argument("--users-file", metavar="FILE",
-                     help="a text file of user ids, one per line (a first line 'user' is a header)")
-    p.add_argument("-k", type=int, default=10, help="number of items per user (default 10)")
-    p.add_argument("--include-seen", action="store_true", help="also recommend items the user already rated")
-    p.add_argument("--unknown", choices=["error", "baseline"], default="error",
-                   help="a user not in the training data: an error (default), or the items in baseline order "
-                        "(global mean + item bias)")
-    p.add_argument("--output", "-o", metavar="CSV", default=None, help="output CSV file (default: standard output)")
-    p.set_defaults(func=cmd_recommend)
 
 

@@ -1,4 +1,4 @@
-"""Option groups shared by the ``glocalk`` commands, with ONE set of defaults, and the progress bar.
+"""Option groups shared by the ``glocalk`` commands, with ONE set of defaults, and the progress bars.
 
 A command module calls ``add_hyperparameters``, ``add_execution`` and ``add_data`` on its parser and reads
 the parsed namespace back with ``overrides`` and ``execution``.
@@ -11,10 +11,13 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+import pandas as pd
 from tqdm import tqdm
 
 from glocalk.autoconfig import DEFAULT_BUDGET_MINUTES
+from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.presets import PRESETS
+from glocalk.store import write_atomic
 
 # Hyperparameters every training command accepts as overrides of a preset: (flag, key, type, help).
 HYPERPARAMETERS: list[tuple[str, str, type, str]] = [
@@ -102,6 +105,66 @@ def add_data_location(p: argparse.ArgumentParser) -> None:
                    help="folder with the dataset files (default: $GLOCALK_DATA, else ~/.cache/glocalk)")
     p.add_argument("--download", action="store_true",
                    help="download the canonical files (checksum-verified) if they are missing")
+
+
+# -- reading and writing users' files ----------------------------------------------------------------
+
+
+def column(text: str) -> str | int:
+    """A column given on the command line: a 0-based position if it is a number, else a name."""
+    return int(text) if text.isdigit() else text
+
+
+def add_reader_options(p: argparse.ArgumentParser, ratings: bool = True, title: str = "reading the files") -> None:
+    """--sep, --header, the column flags, --duplicates and --encoding: how the one parser reads a file."""
+    what = "rating files are" if ratings else "the pairs file is"
+    g = p.add_argument_group(title, f"how {what} parsed (CSV, TSV, '::' .dat, whitespace, Parquet)")
+    inferred = ("a header when its rating field is not a number, or when columns are chosen by name" if ratings
+                else "a header when it names a user and an item column, or when columns are chosen by name")
+    g.add_argument("--sep", default=None,
+                   help="field separator, e.g. ',' '\\t' '::' ';' (default: sniffed from the first line)")
+    hdr = g.add_mutually_exclusive_group()
+    hdr.add_argument("--header", dest="header", action="store_const", const=True, default="infer",
+                     help=f"the first line names the columns (default: inferred -- {inferred})")
+    hdr.add_argument("--no-header", dest="header", action="store_const", const=False,
+                     help="the first line is data (e.g. MovieLens ratings.dat)")
+    g.add_argument("--user-col", type=column, default=None,
+                   help="user id column: a name or a 0-based position (default: a column named user, user_id, "
+                        "userId, ... or position 0 without a header)")
+    g.add_argument("--item-col", type=column, default=None,
+                   help="item id column: a name or 0-based position (default: item, item_id, movieId, ... or "
+                        "position 1)")
+    if ratings:
+        g.add_argument("--rating-col", type=column, default=None,
+                       help="rating column: a name or 0-based position (default: rating, score, stars, ... or "
+                            "position 2)")
+        g.add_argument("--time-col", type=column, default=None,
+                       help="timestamp column, needed by --split time (default: timestamp, time, ts, date, ... or "
+                            "position 3 when present)")
+        g.add_argument("--no-time", action="store_true", help="ignore any timestamp column")
+        g.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="error",
+                       help="several ratings of one (user, item) pair: an error naming the lines (default), or "
+                            "keep the last, the first, or their mean")
+    g.add_argument("--encoding", default="utf-8", help="text encoding of the files (default utf-8)")
+
+
+def reader_kwargs(args: argparse.Namespace) -> dict:
+    """The reader options of ``add_reader_options`` as ``readers.read_ratings`` keywords."""
+    sep = args.sep.encode().decode("unicode_escape") if args.sep else None  # lets '\t' be typed literally
+    kw = {"sep": sep, "header": args.header, "user_col": args.user_col, "item_col": args.item_col,
+          "encoding": args.encoding}
+    if hasattr(args, "rating_col"):
+        kw.update(rating_col=args.rating_col, time_col=False if args.no_time else args.time_col,
+                  duplicates=args.duplicates)
+    return kw
+
+
+def write_csv(df: pd.DataFrame, output: str | None) -> None:
+    """``df`` as CSV on standard output (``output`` None or "-") or written atomically to ``output``."""
+    if output in (None, "-"):
+        df.to_csv(sys.stdout, index=False)
+    else:
+        write_atomic(output, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def overrides(args: argparse.Namespace) -> dict:
