@@ -150,6 +150,24 @@ class LBFGSMemory:
     def update(self, s: torch.Tensor, y: torch.Tensor, sy: float, ss: float) -> bool:
         """Add the pair (s, y) with s.y = ``sy`` and s.s = ``ss`` (``matupd``); False if T = theta S'S + L D^-1 L'
         is not positive definite (``formt``), when the caller must ``reset``."""
+        slot = self._next_slot()
+        slot[0].copy_(s)
+        slot[1].copy_(y)
+        return self._commit(sy, ss)
+
+    def update_step(self, d: torch.Tensor, stp: float, g: torch.Tensor, g_old: torch.Tensor, sy: float,
+                    ss: float) -> bool:
+        """``update`` with s = stp d and y = g - g_old, computed straight into the memory (no temporaries)."""
+        slot = self._next_slot()
+        if stp == 1.0:
+            slot[0].copy_(d)
+        else:
+            torch.mul(d, stp, out=slot[0])
+        torch.sub(g, g_old, out=slot[1])
+        return self._commit(sy, ss)
+
+    def _next_slot(self) -> torch.Tensor:
+        """The (2, n) slot the next pair goes to (the oldest pair's once the ring is full)."""
         m = self.m
         self.updates += 1
         if self.updates <= m:
@@ -159,8 +177,10 @@ class LBFGSMemory:
             for a in (self.sy, self.ss, self.yy):
                 a[:-1, :-1] = a[1:, 1:].copy()
             self.d[:-1] = self.d[1:].copy()
-        self.buf[self.tail, 0].copy_(s)
-        self.buf[self.tail, 1].copy_(y)
+        return self.buf[self.tail]
+
+    def _commit(self, sy: float, ss: float) -> bool:
+        """The small matrices' new row and column, theta, and SciPy's formt / formk for the new pair."""
         k = self.col - 1
         # Every stored vector against the new s and y, in one pass: s_dots[j] = (s_j.s, s_j.y), y_dots[j] likewise.
         s_dots, y_dots = self._logical(self.space.dot(self._block(), self.buf[self.tail].T))
@@ -214,8 +234,9 @@ class LBFGSMemory:
         coef = np.zeros((c, 2))  # per physical slot: (coefficient of s, of y)
         order = [(self.head + j) % self.m for j in range(c)]
         coef[order, 0], coef[order, 1] = z[c:], z[:c] / theta
-        torch.mv(self._block().T, torch.from_numpy(coef.reshape(-1)).to(out.device, out.dtype), out=out)
-        out.sub_(g).mul_(1.0 / theta)
+        # out = (-g + Y z_y / theta + S z_s) / theta in one pass over the memory (subsm's d, then its dscal).
+        coef_t = torch.from_numpy(coef.reshape(-1) / theta).to(out.device, out.dtype)
+        torch.addmv(g, self._block().T, coef_t, beta=-1.0 / theta, out=out)
         return True
 
 
@@ -486,10 +507,8 @@ class _Run:
         dr = (self.gd - self.gdold) * (1.0 if stp == 1.0 else stp)
         if dr <= EPSMACH * (-self.gdold * (1.0 if stp == 1.0 else stp)):
             return  # skip the update
-        if stp != 1.0:
-            self.d.mul_(stp)
-        torch.sub(self.g, self.r, out=self.r)
-        if not self.memory.update(self.d, self.r, dr, self.dtd if stp == 1.0 else stp * stp * self.dtd):
+        ss = self.dtd if stp == 1.0 else stp * stp * self.dtd
+        if not self.memory.update_step(self.d, stp, self.g, self.r, dr, ss):
             self.memory.reset()
 
     def _result(self, message: str) -> LBFGSBResult:
