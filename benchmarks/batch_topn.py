@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -66,14 +67,16 @@ def main() -> None:
         t3 = time.perf_counter()
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
                "OPENBLAS_NUM_THREADS": str(args.threads)}
-        t4 = time.perf_counter()
+        t4, c4 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([sys.executable, "-m", "glocalk", "recommend", str(model_dir), "--all-users", "-k", "10",
                         "--output", str(Path(tmp) / "cli.parquet"), "--quiet"], check=True, env=env)
-        t5 = time.perf_counter()
+        t5, c5 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result.update(n_users=len(model.user_ids_), n_items=len(model.item_ids_), n_rows=len(recs),
                   load_seconds=t1 - t0, recommend_all_seconds=t2 - t1, write_seconds=t3 - t2,
                   load_cpu_seconds=c1 - c0, recommend_all_cpu_seconds=c2 - c1,
-                  cli_seconds=t5 - t4, loadavg_end=list(os.getloadavg()), versions=versions())
+                  cli_seconds=t5 - t4,
+                  cli_cpu_seconds=(c5.ru_utime + c5.ru_stime) - (c4.ru_utime + c4.ru_stime),
+                  loadavg_end=list(os.getloadavg()), versions=versions())
     write_json_atomic(args.out, result)
     print({k: v for k, v in result.items() if k != "versions"})
 

@@ -128,7 +128,7 @@ def summary(out: Path) -> str:
     """The markdown table of every result in ``out``."""
     rows = ["| dataset | held out | protocol | fold-in RMSE | retrained RMSE | bias fold-in RMSE | bias retrained RMSE "
             "| ms per user/item | load average (1 min: start, end) |", "|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted(out.glob("*.json")):
+    for path in sorted([*out.glob("*-users.json"), *out.glob("*-items.json")]):
         r = json.loads(path.read_text())
         ms = r.get("ms_per_user", r.get("ms_per_item"))
         protocol = ", ".join(f"{k} {v}" for k, v in r["shortened"].items()) or "the paper's preset"

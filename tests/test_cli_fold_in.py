@@ -19,7 +19,7 @@ TINY = dict(n_hid=8, n_dim=3, epoch_p=2, epoch_f=2, iter_p=3, iter_f=3, threads=
 def model_dir(tmp_path_factory) -> Path:
     train, _ = example_ratings(n_users=30, n_items=40, density=0.35, seed=3)
     path = tmp_path_factory.mktemp("m") / "model"
-    GLocalKRecommender(**TINY).fit(train[train["user"] != "u030"]).save(path)
+    GLocalKRecommender("ml-100k", **TINY).fit(train[train["user"] != "u030"]).save(path)
     return path
 
 
