@@ -111,12 +111,13 @@ def worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     inp = prepare_input(d.train, True, config.gk_size)
     out = {"prepare_s": time.perf_counter() - t0, "shape": list(d.shape), "nnz": int(d.train.nnz),
-           "conv_nnz": inp.conv.output.nnz, "shift_nnz": inp.conv.shifts.nnz, "conv_dense": bool(inp.conv_dense),
+           "conv_nnz": inp.conv.output.nnz, "shift_nnz": inp.conv.shift_values.numel(),
+           "conv_dense": bool(inp.conv_dense),
            "loadavg_start": list(os.getloadavg()), "threads": {}}
     splits = [SparsePattern.from_scipy(m) for m in (d.train, d.test)]
     arch = (config.n_hid, config.n_layers, config.n_dim)
     flops = {1: pass_flops(d.shape, d.train.nnz, *arch),
-             2: pass_flops(d.shape, d.train.nnz, *arch, conv=(inp.conv.shifts.nnz, inp.conv.output.nnz,
+             2: pass_flops(d.shape, d.train.nnz, *arch, conv=(inp.conv.shift_values.numel(), inp.conv.output.nnz,
                                                                  bool(inp.conv_dense)))}
 
     def loss_and_grad(stage: int, params: list) -> float:

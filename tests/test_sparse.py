@@ -245,7 +245,7 @@ def test_indices_are_int32_where_they_fit():
     assert index_dtype(2**31 - 1) == torch.int32 and index_dtype(10, 2**31) == torch.int64
     coo = m.tocoo()
     plan = ConvPlan(coo.row, coo.col, coo.data, m.shape, 3)
-    assert plan.shifts.col.dtype == plan.output.col.dtype == torch.int32
+    assert plan.shift_index.dtype == plan.output.col.dtype == torch.int32
 
 
 def test_transpose_is_built_only_for_a_backward():

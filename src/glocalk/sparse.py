@@ -81,7 +81,8 @@ class SparsePattern:
     def row(self) -> torch.Tensor:
         """Row index of each entry in CSR order (computed on each call; nothing kept)."""
         counts = self.crow[1:] - self.crow[:-1]
-        return torch.repeat_interleave(torch.arange(self.shape[0], dtype=self.col.dtype, device=self.device), counts)
+        rows = torch.arange(self.shape[0], dtype=self.col.dtype, device=self.device)
+        return torch.repeat_interleave(rows, counts, output_size=self.nnz)  # output_size: no device sync
 
     def _transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._transpose is None:
@@ -120,7 +121,7 @@ class SparsePattern:
     def matrix_t(self, values: torch.Tensor, keep: bool = False) -> torch.Tensor:
         """The transpose, as a CSR tensor of shape (n_cols, n_rows).
 
-        ``keep``: ``values`` is a constant (the ratings, the convolution's shifts): its transposed
+        ``keep``: ``values`` is a constant (the training ratings): its transposed
         values are kept for the next call with the same, unchanged tensor instead of gathered again.
         """
         t_crow, t_col, t_perm = self._transposed()
@@ -282,8 +283,11 @@ class ConvPlan:
     """A k x k "same" cross-correlation of a fixed sparse matrix, as a sparse linear map of the kernel.
 
     out[p, q] = sum_{a,b} g[a, b] * R[p + a - left, q + b - left] is non-zero only on the
-    dilation of R's pattern (at most k^2 * nnz entries). With ``shifts`` the (|P| x k^2)
-    sparse matrix of shifted ratings, the output values are ``shifts @ g.flatten()``.
+    dilation of R's pattern (at most k^2 * nnz entries), ``output``. Each shift (a, b) of R lands
+    on some of those entries: ``shift_index[offsets[s]:offsets[s + 1]]`` (increasing) are their
+    positions in ``output``'s CSR order and ``shift_values`` the ratings that land there, for
+    s = a * k + b. The output values are sum_s g_s * (shift s scattered), and the gradient of g_s is a
+    dot product over shift s: no (|P| x k^2) matrix and no transpose is kept.
     """
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int],
@@ -304,24 +308,39 @@ class ConvPlan:
         del rows, cols, vals
         keys = _union_sorted([key for key, _ in shifted])  # the output pattern, row-major = CSR order
         self.output = SparsePattern(*_csr_of_keys(keys, shape, device), shape)
-        # The (k^2 x |P|) transpose of the shifts matrix comes out directly: row a * k + b holds the
-        # output positions of shift (a, b), increasing. Its transpose is the (|P| x k^2) CSR.
-        idx = index_dtype(len(keys), sum(len(key) for key, _ in shifted))
-        shifts_t = sp.csr_matrix(
-            (np.concatenate([v for _, v in shifted]),
-             np.concatenate([np.searchsorted(keys, key).astype(_np_index(idx)) for key, _ in shifted]),
-             np.concatenate([[0], np.cumsum([len(key) for key, _ in shifted])])),
-            shape=(k * k, len(keys)))
-        del shifted, keys
-        shifts = shifts_t.T.tocsr()  # canonical: sorted indices
-        del shifts_t
-        self.shifts = SparsePattern.from_scipy(shifts, device)
-        self.shift_values = torch.from_numpy(shifts.data).to(device)
+        idx = _np_index(index_dtype(len(keys)))
+        self.offsets = [0, *np.cumsum([len(key) for key, _ in shifted]).tolist()]
+        self.shift_index = torch.from_numpy(
+            np.concatenate([np.searchsorted(keys, key).astype(idx) for key, _ in shifted])).to(device)
+        self.shift_values = torch.from_numpy(np.concatenate([v for _, v in shifted])).to(device)
 
     def __call__(self, kernel: torch.Tensor) -> torch.Tensor:
         """Values of conv(R, kernel) on ``self.output`` (before any activation)."""
-        flat = kernel.reshape(-1, 1)
-        return spmm(self.shift_values.to(flat.dtype), flat, self.shifts).squeeze(1)
+        flat = kernel.reshape(-1)
+        return _Conv.apply(flat, self.shift_values.to(flat.dtype), self)
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g, values, plan):  # noqa: D102
+        ctx.save_for_backward(values)
+        ctx.plan = plan
+        out = values.new_zeros(plan.output.nnz)
+        for s in range(len(plan.offsets) - 1):
+            lo, hi = plan.offsets[s], plan.offsets[s + 1]
+            # Positions within one shift are distinct, so the scatter is deterministic on every device.
+            out.index_add_(0, plan.shift_index[lo:hi], values[lo:hi] * g[s])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        (values,) = ctx.saved_tensors
+        plan = ctx.plan
+        parts = []
+        for s in range(len(plan.offsets) - 1):
+            lo, hi = plan.offsets[s], plan.offsets[s + 1]
+            parts.append(torch.dot(values[lo:hi], grad.index_select(0, plan.shift_index[lo:hi])))
+        return torch.stack(parts), None, None
 
 
 def _np_index(dtype: torch.dtype) -> type:
