@@ -6,7 +6,7 @@
     python benchmarks/serve_load.py MODEL_DIR --url http://127.0.0.1:8000   # an already running server
 
 For each endpoint (GET /users/{id}/recommendations?k=10, POST /predict with --pairs pairs) and each
-client count, N asyncio clients (httpx, one connection each) send requests back to back for
+client count, N asyncio clients (each its own httpx client and connection) send requests back to back for
 --seconds; a random known user (and items) per request, seeded. Reported: requests/s, p50/p99/max
 latency in ms, and errors (a non-200 answer or a failed connection), with the load average before
 and after (the client shares the machine's cores with the server). Writes --out (JSON) and the
@@ -83,7 +83,34 @@ def request_maker(endpoint: str, users: np.ndarray, items: np.ndarray, n_pairs: 
     return make
 
 
-async def client(http: httpx.AsyncClient, make, stop_at: float, latencies: list[float], errors: list[str]) -> None:
+class Clock:
+    """Starts the measurement once every client is connected (connecting 100 clients takes a while)."""
+
+    def __init__(self, n_clients: int, seconds: float) -> None:
+        self.waiting = n_clients
+        self.seconds = seconds
+        self.started = asyncio.Event()
+        self.start = self.stop_at = 0.0
+
+    def ready(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.start = time.perf_counter()
+            self.stop_at = self.start + self.seconds
+            self.started.set()
+
+
+async def client(url: str, make, clock: Clock, latencies: list[float], errors: list[str]) -> None:
+    """One client: its own connection (a shared httpx pool slows down with many connections), requests back to
+    back while the clock runs."""
+    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=1), timeout=60.0) as http:
+        await http.get("/health")  # the connection is up before the clock starts
+        clock.ready()
+        await clock.started.wait()
+        await requests(http, make, clock.stop_at, latencies, errors)
+
+
+async def requests(http: httpx.AsyncClient, make, stop_at: float, latencies: list[float], errors: list[str]) -> None:
     while time.perf_counter() < stop_at:
         method, path, body = make()
         start = time.perf_counter()
@@ -101,16 +128,12 @@ async def client(http: httpx.AsyncClient, make, stop_at: float, latencies: list[
 
 async def run_level(url: str, endpoint: str, n_clients: int, seconds: float, ids: tuple, n_pairs: int) -> dict:
     """N clients for ``seconds``: requests/s, latency percentiles, errors."""
-    limits = httpx.Limits(max_connections=n_clients, max_keepalive_connections=n_clients)
     latencies: list[float] = []
     errors: list[str] = []
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0) as http:
-        await http.get("/health")  # one connection up before the clock starts
-        start = time.perf_counter()
-        stop_at = start + seconds
-        await asyncio.gather(*(client(http, request_maker(endpoint, *ids, n_pairs, seed=k), stop_at, latencies,
-                                      errors) for k in range(n_clients)))
-        elapsed = time.perf_counter() - start
+    clock = Clock(n_clients, seconds)
+    await asyncio.gather(*(client(url, request_maker(endpoint, *ids, n_pairs, seed=k), clock, latencies, errors)
+                           for k in range(n_clients)))
+    elapsed = time.perf_counter() - clock.start
     ms = np.array(latencies) * 1e3
     row = {"endpoint": endpoint, "clients": n_clients, "seconds": round(elapsed, 2), "requests": len(latencies),
            "errors": len(errors), "req_per_s": round(len(latencies) / elapsed, 1),
@@ -123,16 +146,36 @@ async def run_level(url: str, endpoint: str, n_clients: int, seconds: float, ids
     return row
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) of process ``pid`` so far (Linux /proc); None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def per_request_cpu(row: dict, server: tuple, client: tuple) -> None:
+    """CPU milliseconds per answered request of the server and of this client over the row: what the
+    machine's cores spend per request, which a busy machine inflates much less than latency."""
+    n = max(row["requests"], 1)
+    if None not in server:
+        row["server_cpu_ms"] = round((server[1] - server[0]) / n * 1e3, 2)
+    row["client_cpu_ms"] = round((client[1] - client[0]) / n * 1e3, 2)
+
+
 def markdown(result: dict) -> str:
     lines = [f"Model: `{result['model_dir']}` ({result['n_users']} users x {result['n_items']} items, "
              f"n_hid {result['n_hid']}); {result['seconds']} s per row; recommendations: GET "
              "/users/{id}/recommendations?k=10; predict: POST /predict with "
              f"{result['pairs']} pairs; new_user: POST /recommendations with {result['pairs']} ratings, k=10.", "",
-             "| endpoint | clients | requests/s | p50 ms | p99 ms | max ms | requests | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| endpoint | clients | requests/s | p50 ms | p99 ms | max ms | requests | errors | server CPU ms/req "
+             "| client CPU ms/req |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['endpoint']} | {r['clients']} | {r['req_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
-                     f"{r['max_ms']} | {r['requests']} | {r['errors']} |")
+                     f"{r['max_ms']} | {r['requests']} | {r['errors']} | {r.get('server_cpu_ms', '-')} | "
+                     f"{r['client_cpu_ms']} |")
     lines += ["", f"Load average (1, 5, 15 min) before: {result['load_before']}, after: {result['load_after']}; "
                   f"{result['machine']}.", "", f"Command: `{result['command']}`"]
     return "\n".join(lines) + "\n"
@@ -166,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for endpoint in args.endpoints:
             for n in args.clients:
+                pid = None if proc is None else proc.pid
+                server, client = [cpu_seconds(pid)], [time.process_time()]
                 rows.append(asyncio.run(run_level(url, endpoint, n, args.seconds, ids, args.pairs)))
+                per_request_cpu(rows[-1], (*server, cpu_seconds(pid)), (*client, time.process_time()))
                 print(json.dumps(rows[-1]), file=sys.stderr)
         load_after = [round(x, 2) for x in os.getloadavg()]
     finally:

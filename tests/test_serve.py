@@ -304,7 +304,9 @@ def nested(inner: st.SearchStrategy) -> st.SearchStrategy:
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20), nested,
                     max_leaves=12)
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+# Derandomized (the same examples every run) and no example database written into the work tree.
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck))
 
 
 def from_schema(schema: dict, spec: dict) -> st.SearchStrategy:
