@@ -49,10 +49,10 @@ class Case:
 
 
 CASES = (
-    Case("1..100, full (6.3% dense)", 24.75, -23.75),
-    Case("1..100, 10% of train (0.6% dense)", 24.75, -23.75, 0.1),
-    Case("half-star units r/2, 30% of train (1.9% dense)", 0.5, 0.0, 0.3),
-    Case("half-star units r/2, 10% of train (0.6% dense)", 0.5, 0.0, 0.1),
+    Case("1..100, full (5.0% dense)", 24.75, -23.75),
+    Case("1..100, 10% of train (0.5% dense)", 24.75, -23.75, 0.1),
+    Case("half-star units r/2, 30% of train (1.5% dense)", 0.5, 0.0, 0.3),
+    Case("half-star units r/2, 10% of train (0.5% dense)", 0.5, 0.0, 0.1),
     Case("CSV of 100k half-star-unit ratings, fit --split random", 0.5, 0.0, 1.0, "csv"),
 )
 
