@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 from conftest import tiny_ratings, write_mat
 
+import glocalk.autoconfig
 import glocalk.data.datasets
+import glocalk.protocol
 from glocalk.autoconfig import (
     AUTO,
     AUTO_PATIENCE,
@@ -215,15 +217,26 @@ def test_glocalk_fit_without_a_preset_runs_the_own_data_default(data, tmp_path, 
     assert "GLocal-K vs the user + item bias model" in capsys.readouterr().out
 
 
-def test_glocalk_train_mat_without_a_preset_runs_the_own_data_default(tmp_path, capsys):
+def test_glocalk_train_mat_without_a_preset_runs_the_own_data_default(tmp_path, capsys, monkeypatch):
     df = frame(seed=3)
     is_test = np.random.default_rng(0).random(len(df)) < 0.15
     write_mat(tmp_path / "own.mat", df, is_test)
     out = tmp_path / "run"
+    runs = []
+    for module in (glocalk.autoconfig, glocalk.protocol):  # count the trainings, wherever they start
+        monkeypatch.setattr(module, "train_run", lambda *a, _run=glocalk.protocol.train_run, **k: runs.append(1)
+                            or _run(*a, **k))
     assert main(["train", "--mat", str(tmp_path / "own.mat"), "--budget", "0", "--seed", "1", "2", *CLI_SHORT,
                  "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["val_frac"] == 0.1 and len(summary["auto"]["candidates"]) == 1
+    # The chosen candidate IS seed 1's run (trained on that seed's split): 1 candidate + seed 2, not 3 trainings;
+    # and its paper rows report test epochs.
+    assert len(runs) == 2
+    seed1 = summary["runs"][0]
+    assert seed1["val_selected"]["val_rmse"] == summary["auto"]["candidates"][0]["val_rmse"]
+    log = (out / "seed-1" / "epochs.jsonl").read_text()
+    assert seed1["best"]["rmse"] > 0 and log.count("\n") == seed1["epochs_run"]
     comparison = summary["comparison"]
     assert [s["seed"] for s in comparison["per_seed"]] == [1, 2]
     # GLocal-K's side is each seed's validation-selected epoch, averaged.

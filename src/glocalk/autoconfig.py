@@ -124,19 +124,22 @@ def check_budget(budget_minutes: float | None) -> float:
 
 
 def search(data: RatingMatrix, params: dict, fixed: set[str], budget_minutes: float | None = None,
-           on_epoch: Callable[[int, dict], None] | None = None) -> SearchResult:
+           on_epoch: Callable[[int, dict], None] | None = None, keep_test: bool = False) -> SearchResult:
     """Try the candidates on ``data``'s validation split within the budget; the lowest validation RMSE wins.
 
     ``params``: the flat hyperparameters of candidate 0 (the preset with the user's overrides and
     ``seed``); ``fixed``: the keys the user gave, which the search leaves alone. Without a
     ``patience`` in ``params`` the candidates stop early after ``AUTO_PATIENCE`` epochs.
-    ``on_epoch(k, record)`` after every epoch of candidate k.
+    ``on_epoch(k, record)`` after every epoch of candidate k. ``keep_test`` (``glocalk train``, whose
+    paper rows report every epoch on test): the candidates' epochs also record test metrics, so the
+    chosen candidate's run IS the first seed's run; still only validation RMSE chooses anything.
     """
     if data.val is None or not data.val.nnz:
         raise ConfigError("preset 'auto' (--preset auto) chooses on validation ratings: it needs a validation "
                           "split (--val-frac / val_frac)")
     budget = check_budget(budget_minutes)
-    data = replace(data, test=None)  # the test set chooses nothing
+    if not keep_test:
+        data = replace(data, test=None)  # the test set chooses nothing (and is not even seen)
     base = {**params, "patience": params.get("patience") or AUTO_PATIENCE}
     t0 = time.monotonic()
     tried: list[Candidate] = []

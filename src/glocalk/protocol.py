@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -353,6 +353,9 @@ class ExperimentOptions:
     """The command line to record (default ``sys.argv``)."""
     ensemble: bool = False
     """Also average the seeds' handed-over models' test predictions into an ``ensemble`` entry."""
+    trained: dict[int, RunRecord] = field(default_factory=dict)
+    """Runs already trained on the same split and parameters, by seed (``--preset auto``'s chosen
+    candidate): used as they are, with their epoch log written, instead of training the seed again."""
 
 
 def run_seed(data: RatingMatrix, params: dict, seed: int, out_dir: Path,
@@ -362,9 +365,14 @@ def run_seed(data: RatingMatrix, params: dict, seed: int, out_dir: Path,
     run_data = data.with_validation(options.val_frac, seed=seed) if options.val_frac else data
     callback = None if options.on_epoch is None else (lambda rec: options.on_epoch(seed, rec))
     has_test = data.test is not None and data.test.nnz > 0
-    record = train_run(run_data, model_config, train_config, RunOptions(
-        state_dir=out_dir / "state", log_path=out_dir / "epochs.jsonl", resume=options.resume,
-        on_epoch=callback, predict_test=options.ensemble and has_test))
+    if seed in options.trained and not options.ensemble:  # an ensemble needs the run's test predictions
+        record = options.trained[seed]
+        if current_group().writer:
+            _write_log(out_dir / "epochs.jsonl", record.history)
+    else:
+        record = train_run(run_data, model_config, train_config, RunOptions(
+            state_dir=out_dir / "state", log_path=out_dir / "epochs.jsonl", resume=options.resume,
+            on_epoch=callback, predict_test=options.ensemble and has_test))
     summary = {
         "dataset": data.name, "seed": seed, "path": record.path,
         "wall_time_s": record.wall_time_s, "train_time_s": record.seconds,

@@ -125,9 +125,11 @@ def _train(args: argparse.Namespace, writer: bool = True, stamp: str | None = No
         if args.preset == AUTO:
             auto = _search(args, data, params, on_epoch)
             params = {k: v for k, v in auto.params.items() if k != "seed"}
+        # The chosen candidate was trained on the first seed's split with these parameters: it is that seed's run.
+        trained = {} if auto is None else {args.seed[0]: auto.record}
         summary = run_experiment(data, params, args.seed, out, val_frac=args.val_frac, device=args.device,
                                  on_epoch=on_epoch, resume=args.resume, command=["glocalk", *sys.argv[1:]],
-                                 ensemble=args.ensemble)
+                                 ensemble=args.ensemble, trained=trained)
     finally:
         close()
     if auto is not None:  # the search's record, next to the runs of its choice
@@ -170,7 +172,7 @@ def _search(args: argparse.Namespace, data: RatingMatrix, params: dict,
         on_epoch(f"{seed} (candidate {k})", rec)
 
     return search(data.with_validation(args.val_frac, seed=seed), {**params, "seed": seed}, set(overrides(args)),
-                  args.budget, label)
+                  args.budget, label, keep_test=True)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
