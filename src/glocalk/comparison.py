@@ -59,11 +59,12 @@ def split_metrics(scores: Scores, ratings: sp.csr_matrix, clip: tuple[float, flo
     return out
 
 
-def summarise(glocalk: dict, biases: dict, fallback: Fallback, policy: str) -> dict:
+def summarise(glocalk: dict, biases: dict, policy: str, bias_info: dict | None = None) -> dict:
     """The comparison record from both models' metrics ({"val": ..., "test": ...}); the winner and
-    the answer are chosen on validation RMSE only (a tie keeps GLocal-K)."""
+    the answer are chosen on validation RMSE only (a tie keeps GLocal-K). ``bias_info``: the bias
+    model's chosen regularisation and sweep, recorded beside its metrics."""
     winner = "biases" if biases["val"]["rmse"] < glocalk["val"]["rmse"] else "glocalk"
-    out = {"validation": True, "glocalk": glocalk, "biases": {**biases, **fallback.info},
+    out = {"validation": True, "glocalk": glocalk, "biases": {**biases, **(bias_info or {})},
            "winner_on_validation": winner, "fallback": policy,
            "answer": winner if policy == "baseline" else "glocalk"}
     if winner == "biases":
@@ -104,7 +105,7 @@ def compare_runs(data: RatingMatrix, val_frac: float, runs: list[dict], policy: 
         per_seed.append({"seed": run["seed"], "glocalk": glocalk, "biases": {**biases, **fallback.info}})
     mean = {name: {part: _mean_metrics([s[name][part] for s in per_seed]) for part in per_seed[0][name]
                    if part in ("val", "test")} for name in ("glocalk", "biases")}
-    out = summarise(mean["glocalk"], mean["biases"], Fallback("biases", 0.0, np.zeros(0), np.zeros(0)), policy)
+    out = summarise(mean["glocalk"], mean["biases"], policy)
     out["per_seed"] = per_seed
     if "test" in mean["biases"]:
         out["answer_test"] = mean[out["answer"]]["test"]

@@ -301,7 +301,7 @@ class GLocalKRecommender:
             figures[name] = {"val": split_metrics(scorer.scores, self.model_.val, self._clip, self.offset_)}
             if test is not None:
                 figures[name]["test"] = self._evaluate(test, "skip", scorer)
-        record = summarise(figures["glocalk"], figures["biases"], fallback, policy)
+        record = summarise(figures["glocalk"], figures["biases"], policy, fallback.info)
         if policy == "baseline":
             fallback.info.update(val_rmse={name: f["val"]["rmse"] for name, f in figures.items()})
             fallback.answer = record["answer"]
