@@ -61,6 +61,7 @@ from glocalk.own_data import prepare, read_test, unknown_message
 from glocalk.presets import MODEL_KEYS, preset
 from glocalk.protocol import RunOptions, member_of, train_member
 from glocalk.scoring import Scorer, check_weights, top_k
+from glocalk.train import DEFAULT_OPTIMIZER
 
 UNKNOWN_POLICIES = ("error", "baseline")
 # Hyperparameters accepted as keywords besides the explicit constructor arguments.
@@ -97,7 +98,8 @@ class GLocalKRecommender:
         fallback: "none": GLocal-K answers; "baseline": the model answers with the better, on the
             validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``).
             Default: "baseline" when no preset is given, else "none".
-        device, path, optimizer, threads: execution options of ``train.TrainConfig``.
+        device, path, optimizer, threads: execution options of ``train.TrainConfig`` (optimizer
+            "lbfgsb" by default: SciPy's L-BFGS-B in torch; "scipy" is the host reference).
         **hyperparameters: any ``GLocalKConfig`` field (n_hid, n_dim, n_layers, gk_size, lambda_2,
             lambda_s, dot_scale, gk_norm, local_kernel, global_kernel) and epoch_p, epoch_f,
             iter_p, iter_f; unset ones take the preset's value.
@@ -115,7 +117,7 @@ class GLocalKRecommender:
     def __init__(self, preset: str | None = None, *, seed: int | Sequence[int] = 1, n_ensemble: int | None = None,
                  val_frac: float | None = None, patience: int | None = None,
                  rating_scale: tuple[float, float] | None = None, duplicates: str = "error",
-                 unknown: str = "error", device: str = "cpu", path: str = "auto", optimizer: str = "scipy",
+                 unknown: str = "error", device: str = "cpu", path: str = "auto", optimizer: str = DEFAULT_OPTIMIZER,
                  threads: int | None = None, fallback: str | None = None, budget: float | None = None,
                  **hyperparameters: Any) -> None:
         self.preset = preset
@@ -585,4 +587,4 @@ _EXPLICIT = ("preset", "seed", "n_ensemble", "val_frac", "patience", "rating_sca
              "device", "path", "optimizer", "threads", "fallback", "budget")
 _DEFAULTS = {"preset": None, "seed": 1, "n_ensemble": None, "val_frac": None, "patience": None,
              "rating_scale": None, "duplicates": "error", "unknown": "error", "device": "cpu", "path": "auto",
-             "optimizer": "scipy", "threads": None, "fallback": None, "budget": None}
+             "optimizer": DEFAULT_OPTIMIZER, "threads": None, "fallback": None, "budget": None}

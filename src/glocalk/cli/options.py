@@ -18,6 +18,7 @@ from glocalk.autoconfig import DEFAULT_BUDGET_MINUTES
 from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.presets import PRESETS
 from glocalk.store import write_atomic
+from glocalk.train import DEFAULT_OPTIMIZER
 
 # Hyperparameters every training command accepts as overrides of a preset: (flag, key, type, help).
 HYPERPARAMETERS: list[tuple[str, str, type, str]] = [
@@ -71,8 +72,9 @@ def add_execution(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    help="execution path: dense O(items*users) or sparse O(nnz) maths, same results "
                         "(default auto: by size and density)")
     e.add_argument("--optimizer", choices=["scipy", "lbfgsb", "torch"], default=None,
-                   help="scipy: L-BFGS-B as the original code (default); lbfgsb: the same L-BFGS-B "
-                        "(SciPy's iterates) in torch on --device, no host copies; torch: torch.optim.LBFGS "
+                   help="lbfgsb: SciPy's L-BFGS-B (its iterates) in torch on --device, float32 state, no host "
+                        "copies (default); scipy: SciPy's L-BFGS-B on the host in float64, as the original "
+                        "code; torch: torch.optim.LBFGS "
                         "with strong Wolfe line search (stays on the GPU)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -174,7 +176,7 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def execution(args: argparse.Namespace) -> dict:
     """--path, --optimizer and --threads with the library's defaults filled in where not given."""
-    return {"path": args.path or "auto", "optimizer": args.optimizer or "scipy", "threads": args.threads}
+    return {"path": args.path or "auto", "optimizer": args.optimizer or DEFAULT_OPTIMIZER, "threads": args.threads}
 
 
 def epoch_summary(rec: dict) -> dict[str, str]:

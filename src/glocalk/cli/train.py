@@ -30,7 +30,7 @@ from glocalk.errors import ConfigError
 from glocalk.presets import PRESETS, preset
 from glocalk.protocol import run_experiment
 from glocalk.store import write_json_atomic
-from glocalk.train import resolve_device
+from glocalk.train import DEFAULT_OPTIMIZER, resolve_device
 
 SUMMARY_ROWS = {"best": "paper (best fine-tuning epoch, test)", "final": "final epoch",
                 "val_selected": "validation-selected epoch", "ensemble": "ensemble of the seeds"}
@@ -108,8 +108,8 @@ def _check_sharded(args: argparse.Namespace, group: ProcessGroup) -> None:
     if args.preset == AUTO or args.ensemble:
         raise ConfigError("--preset auto and --ensemble are not available with several processes yet; "
                           "train them with one process")
-    if (args.optimizer or "scipy") not in SHARDABLE_OPTIMIZERS:
-        raise ConfigError(f"--optimizer {args.optimizer or 'scipy'} cannot be sharded over processes "
+    if (args.optimizer or DEFAULT_OPTIMIZER) not in SHARDABLE_OPTIMIZERS:
+        raise ConfigError(f"--optimizer {args.optimizer} cannot be sharded over processes "
                           f"(SciPy keeps the whole vector on one host); use --optimizer "
                           f"{' or '.join(SHARDABLE_OPTIMIZERS)} with --nproc or torchrun")
 
