@@ -60,7 +60,8 @@ from glocalk.model_dir import SavedModel, fingerprint, load_model, save_model
 from glocalk.own_data import prepare, read_test, unknown_message
 from glocalk.presets import MODEL_KEYS, preset
 from glocalk.protocol import RunOptions, member_of, train_member
-from glocalk.scoring import Scorer, check_weights, top_k
+from glocalk.scoring import Scorer, check_weights
+from glocalk.topn import rank_all, rank_items
 from glocalk.train import DEFAULT_OPTIMIZER
 
 UNKNOWN_POLICIES = ("error", "baseline")
@@ -443,27 +444,19 @@ class GLocalKRecommender:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
         u = int(self._ids.lookup(np.array([user]), "user")[0])
-        seen = np.zeros(len(self.item_ids_), dtype=bool)
+        exclude = None
         if u < 0:
             if policy == "error":
                 raise DataError(f"unknown user {user!r}: not in the training data "
                                 "(use --unknown baseline, in Python unknown='baseline', to rank items by popularity)")
             raw = self.scorer_.mu + self.scorer_.b_item
         else:
-            users = np.broadcast_to(np.array(user, dtype=object), seen.shape)
+            users = np.broadcast_to(np.array(user, dtype=object), self.item_ids_.shape)
             raw = self._finite(self.scorer_.user_scores(u), users, self.item_ids_)
             if exclude_seen:
-                seen[self._seen_t.indices[self._seen_t.indptr[u]: self._seen_t.indptr[u + 1]]] = True
-        candidates = np.flatnonzero(~seen)
-        if k < len(candidates):
-            # Only items scoring at least the k-th best raw score can be in the top k (clipping keeps the order):
-            # sort those alone (a request of the HTTP service is several times cheaper).
-            kth = np.partition(raw[candidates], len(candidates) - k)[len(candidates) - k]
-            candidates = candidates[raw[candidates] >= kth]
-        clipped = np.clip(raw, *self._clip)
-        # lexsort: last key primary -> descending clipped rating, then descending raw score, then item index.
-        order = candidates[np.lexsort((candidates, -raw[candidates], -clipped[candidates]))][:k]
-        return pd.DataFrame({"item": self.item_ids_[order], "score": clipped[order] - self.offset_,
+                exclude = self._seen_t.indices[self._seen_t.indptr[u]: self._seen_t.indptr[u + 1]]
+        order = rank_items(raw, exclude, k, self._clip)
+        return pd.DataFrame({"item": self.item_ids_[order], "score": np.clip(raw[order], *self._clip) - self.offset_,
                              "rank": np.arange(1, len(order) + 1)})
 
     def recommend_many(self, users: Iterable[Any], k: int = 10, exclude_seen: bool = True, *,
@@ -490,24 +483,17 @@ class GLocalKRecommender:
         self._check_fitted()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
-        frames = []
-        for start in range(0, len(self.user_ids_), block):
-            u = np.arange(start, min(start + block, len(self.user_ids_)))
-            raw = self.scorer_.block_scores(u)  # (n_block, n_items)
+
+        def check(raw: np.ndarray, u: np.ndarray) -> None:
             if not np.isfinite(raw).all():
                 self._finite(raw.ravel(), np.repeat(self.user_ids_[u], raw.shape[1]), np.tile(self.item_ids_, len(u)))
-            if exclude_seen:
-                rows, cols = self._seen_t[u].nonzero()
-                raw[rows, cols] = -np.inf
-            top = top_k(raw, k)  # (n_block, k)
-            scores = raw[np.arange(len(u))[:, None], top]
-            valid = np.isfinite(scores)  # fewer unseen items than k: no more rows
-            frames.append(pd.DataFrame({
-                "user": np.repeat(self.user_ids_[u], top.shape[1])[valid.ravel()],
-                "item": self.item_ids_[top[valid]], "score": np.clip(scores[valid], *self._clip) - self.offset_,
-                "rank": np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[valid]}))
+
+        frames = []
+        for b in rank_all(self.scorer_, len(self.user_ids_), self._seen_t if exclude_seen else None, k, block, check):
+            frames.append(pd.DataFrame({"user": self.user_ids_[b.users], "item": self.item_ids_[b.items],
+                                        "score": np.clip(b.scores, *self._clip) - self.offset_, "rank": b.ranks}))
             if on_block is not None:
-                on_block(len(u))
+                on_block(b.n_users)
         return pd.concat(frames, ignore_index=True)
 
     def evaluate(self, test: Any, *, unknown: str = "skip", **read_options: Any) -> dict:
