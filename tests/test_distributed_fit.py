@@ -5,22 +5,28 @@ with the same optimiser (glocalk's L-BFGS-B). The sharded loss and gradients equ
 ones up to float32 summation order (tests/test_distributed.py), so the validation and test RMSEs must
 agree to 1e-4; rank 0 alone writes, and what it writes is the single-process model directory: a
 one-process ``GLocalKRecommender.load`` reads it and its predictions reproduce the test RMSE that the
-sharded fit reported, recomputed here from the held-out ratings.
+sharded fit reported, recomputed here from the held-out ratings. Work done on rank 0 alone hands its
+result, or its error, to every rank.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from glocalk.cli.app import main
 from glocalk.data import splits
 from glocalk.data.readers import read_ratings
 from glocalk.data.synthetic import example_ratings
+from glocalk.distributed import current_group
+from glocalk.errors import DataError
 from glocalk.estimator import GLocalKRecommender
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse")
@@ -92,3 +98,27 @@ def test_fit_checks_the_torchrun_environment_before_any_process_group(ratings, t
     assert main([*base, "--optimizer", "lbfgsb", "--nproc", "3"]) == 2
     assert "--nproc 3 disagrees with the 2 processes torchrun started" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def _on_writer_worker(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=20))
+    group = current_group()
+    try:
+        assert group.on_writer(lambda: {"rank": dist.get_rank()}) == {"rank": 0}  # rank 0's answer everywhere
+
+        def fails() -> None:
+            raise DataError("rank 0 found a bad file")
+
+        with pytest.raises(DataError, match="rank 0 found a bad file"):
+            group.on_writer(fails)
+        with pytest.raises(Exception, match=r"rank 0 of 2 failed: KeyError" if rank else "'boom'"):
+            group.on_writer(lambda: {}["boom"])  # a bug on rank 0 still frees the others
+        Path(out, f"ok-{rank}").write_text("")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_work_on_rank_0_hands_its_result_or_its_error_to_every_rank(tmp_path):
+    mp.spawn(_on_writer_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    assert (tmp_path / "ok-0").exists() and (tmp_path / "ok-1").exists()
