@@ -183,6 +183,31 @@ def _run(world: int, args: argparse.Namespace, data_file: str | None) -> list[di
         return [json.loads(Path(tmp, f"rank-{r}.json").read_text()) for r in range(world)]
 
 
+def render(report: dict) -> str:
+    """The Markdown table of a report: per P, the ranks' memory and rank 0's pass times."""
+    mib = 2**20
+    lines = [f"`{c}`" for c in report.get("commands", [report.get("command", "")])]
+    if "synthetic" in report:
+        syn = report["synthetic"]
+        lines += ["", f"Synthetic ratings (`glocalk.data.synthetic.make_ratings`, seed 0): {syn['shape'][0]:,} items x "
+                      f"{syn['shape'][1]:,} users, {syn['n_ratings']:,} ratings, {syn['train_nnz']:,} for training; "
+                      "ML-1M's preset (n_hid 500), sparse execution, gloo, one torch thread per process."]
+    lines += ["", "| P | users per rank | peak RSS per rank (VmHWM) | owned parameters | optimiser state "
+              "(computed) | training input | set-up | stage-1 pass (first / next) | stage-2 pass (first / next) "
+              "| load average before / after |", "|" + "---|" * 10]
+    for world, ranks in sorted(report["runs"].items(), key=lambda kv: int(kv[0])):
+        r0, peaks = ranks[0], [r["peak_rss_mib"] for r in ranks]
+        peak = f"{min(peaks):,.0f}-{max(peaks):,.0f} MiB" if len(peaks) > 1 else f"{peaks[0]:,.0f} MiB"
+        b = r0["bytes"]
+        passes = {k: f"{v['first_s']:.1f} / {v['median_s']:.1f} s" for k, v in r0["passes"].items()}
+        load = [report.get(f"load_average_{w}", {}).get(world, [float("nan")])[0] for w in ("before", "after")]
+        lines.append(f"| {world} | {r0['n_local_users']:,} | {peak} | {b['owned_parameters'] / mib:,.0f} MiB | "
+                     f"{b['optimiser_state'] / mib:,.0f} MiB | {b['training_input'] / mib:,.0f} MiB | "
+                     f"{r0['setup_s']:.0f} s | {passes['stage1']} | {passes['stage2']} | "
+                     f"{load[0]:.1f} / {load[1]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="ml-1m")
@@ -192,8 +217,12 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed passes per stage after the first")
     p.add_argument("--iters", type=int, default=3, help="L-BFGS-B iterations of the timed epoch (0: none)")
     p.add_argument("--merge", action="store_true", help="add the runs to an existing --out")
+    p.add_argument("--render-only", action="store_true", help="only write --out's Markdown table (OUT.md)")
     p.add_argument("--out", default="docs/benchmarks/distributed.json")
     args = p.parse_args()
+    if args.render_only:
+        Path(args.out).with_suffix(".md").write_text(render(json.loads(Path(args.out).read_text())))
+        return
     flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                      for k, v in vars(args).items() if v not in (None, False))
     command = f"python benchmarks/distributed.py {flags}".replace("--merge True", "--merge")
@@ -228,6 +257,7 @@ def main() -> None:
     report["computed_netflix_per_rank_gib"] = {str(w): {k: v / 2**30 for k, v in parts.items()} | {
         "total": sum(parts.values()) / 2**30} for w, parts in ((w, per_rank_bytes(*NETFLIX, w)) for w in (1, 8))}
     out.write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(render(report))
     print(json.dumps(report["computed_per_rank_mib"], indent=1))
 
 
