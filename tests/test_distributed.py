@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 from conftest import tiny_ratings
 
 from glocalk.cli import main
-from glocalk.distributed import ProcessGroup, ShardedSpace, collective_timeout
+from glocalk.distributed import ProcessGroup, ShardedSpace, backend_for, collective_timeout
 from glocalk.errors import ConfigError, TrainingError
 from glocalk.model import GLocalK, GLocalKConfig, Stage
 from glocalk.protocol import RunOptions, train_run
@@ -267,6 +267,8 @@ def test_process_group_reads_the_torchrun_environment():
     group = ProcessGroup.from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
     assert group.sharded and not group.writer
     assert group.device("cuda") == "cuda:1" and group.device("cpu") == "cpu"  # each process its own GPU
+    # NCCL on a GPU, gloo on the CPU (the NCCL path itself needs GPUs: not run here)
+    assert backend_for(group.device("cuda")) == "nccl" and backend_for("cpu") == "gloo"
     with pytest.raises(ConfigError, match="RANK=8 is not in WORLD_SIZE=8"):
         ProcessGroup.from_env({"RANK": "8", "WORLD_SIZE": "8"})
     assert collective_timeout({}) == 600.0 and collective_timeout({"GLOCALK_DIST_TIMEOUT": "2.5"}) == 2.5

@@ -9,6 +9,9 @@ hidden layers (n_hid). Every candidate is trained through ``protocol.train_run``
 ``budget_minutes`` have passed, and the one with the lowest validation RMSE is chosen. The data's
 test split, if any, chooses nothing: it is removed before the search. The chosen candidate's
 handed-over weights are the model; further seeds are trained with its configuration.
+
+Sharded over processes (``glocalk.distributed``): every rank runs the search in step; rank 0's clock
+decides when the budget is spent (its decision is broadcast), and a rank that dies ends the search.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from glocalk.data.matrix import RatingMatrix
+from glocalk.distributed import PeerFailure, current_group
 from glocalk.errors import ConfigError, TrainingError
 from glocalk.presets import preset, split_config
 from glocalk.protocol import RunOptions, RunRecord, train_run
@@ -144,8 +148,10 @@ def search(data: RatingMatrix, params: dict, fixed: set[str], budget_minutes: fl
     t0 = time.monotonic()
     tried: list[Candidate] = []
     stopped = False
+    group = current_group()
     for k, overrides in enumerate(candidate_overrides(fixed)):
-        if k > 0 and time.monotonic() - t0 >= budget * 60:
+        # Sharded: rank 0's clock decides for every rank, so that all train the same candidates.
+        if k > 0 and group.broadcast(time.monotonic() - t0 >= budget * 60):
             stopped = True
             break
         callback = None if on_epoch is None else (lambda rec, k=k: on_epoch(k, rec))
@@ -162,6 +168,8 @@ def _try(data: RatingMatrix, params: dict, overrides: dict, on_epoch: Callable[[
     model_config, train_config = split_config(params)
     try:
         record = train_run(data, model_config, train_config, RunOptions(on_epoch=on_epoch))
+    except PeerFailure:
+        raise  # not this candidate's fault: the sharded run itself has ended
     except TrainingError as e:  # a diverged candidate loses; the others still count
         return Candidate(dict(overrides), None, 0, time.monotonic() - t0, error=str(e))
     val = record.val_selected["val_rmse"] if record.val_selected else None

@@ -22,8 +22,9 @@ import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from glocalk.data.matrix import RatingMatrix
-from glocalk.errors import CheckpointError, ConfigError, TrainingError
+from glocalk.errors import CheckpointError, ConfigError, GlocalkError, TrainingError
 from glocalk.inputs import choose_execution
 from glocalk.model import GLocalK, GLocalKConfig, Stage
 from glocalk.optim import LBFGSB, LBFGSBOptions
@@ -53,6 +54,11 @@ DEFAULT_TIMEOUT_S = 600.0
 # Optimisers a sharded run can use: glocalk.optim's L-BFGS-B (SciPy's own keeps the whole vector on one host).
 SHARDABLE_OPTIMIZERS = ("lbfgsb",)
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+T = TypeVar("T")
+
+
+class PeerFailure(TrainingError):
+    """Another process of a sharded run died or stopped answering: the whole run ends (nothing retries)."""
 
 
 # --------------------------------------------------------------------------- the process group
@@ -102,7 +108,7 @@ class ProcessGroup:
             return
         if timeout_s is None:
             timeout_s = collective_timeout()
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        backend = backend_for(device)
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
         dist.init_process_group(backend, rank=self.rank, world_size=self.world,
@@ -116,10 +122,34 @@ class ProcessGroup:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def on_writer(self, work: Callable[[], T]) -> T:
+        """``work()`` on rank 0 alone; every rank returns its (small, picklable) result, or raises its
+        error (a GlocalkError as it is, anything else as a TrainingError naming it), so that the other
+        ranks never wait for an answer that is not coming."""
+        if not self.sharded:
+            return work()
+        outcome: object = None
+        if self.writer:
+            try:
+                outcome = work()
+            except Exception as e:
+                self.broadcast(e if isinstance(e, GlocalkError) else TrainingError(
+                    f"rank 0 of {self.world} failed: {type(e).__name__}: {e}"))
+                raise
+        outcome = self.broadcast(outcome)
+        if isinstance(outcome, GlocalkError):
+            raise outcome
+        return outcome
+
     def stop(self) -> None:
         """Leave the group (if this process joined one)."""
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def backend_for(device: str) -> str:
+    """The torch.distributed backend of a device: NCCL for CUDA ("cuda", "cuda:N"), gloo for the CPU."""
+    return "nccl" if str(device).startswith("cuda") else "gloo"
 
 
 def collective_timeout(env: dict | None = None) -> float:
@@ -327,7 +357,7 @@ class ShardedTrainer(Trainer):
         except RuntimeError as e:
             if not collective_failure(e):
                 raise
-            raise TrainingError(
+            raise PeerFailure(
                 f"rank {self.group.rank} of {self.group.world}: another process of the sharded run died or stopped "
                 f"answering ({str(e).splitlines()[0][:200]}); the completed epochs are saved (continue with "
                 "--resume)") from e

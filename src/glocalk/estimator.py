@@ -32,6 +32,11 @@ bias model (``baselines.Biases``) on the same training ratings, chooses its regu
 same validation ratings, and scores both (``comparison_``, see ``glocalk.comparison``);
 ``fallback="baseline"`` makes the model answer with the one that wins on validation.
 
+Sharded over processes (torchrun, ``glocalk fit --nproc``; docs/DISTRIBUTED.md): every process calls
+``fit`` alike and trains its block of users; rank 0 alone ends fitted (the weights gathered there) and
+computes the comparison and the test metrics, which the other processes receive (``metrics_``,
+``comparison_``, ``members_``, ``history_``) without becoming fitted.
+
 The model directory format is ``glocalk.model_dir``'s.
 """
 
@@ -52,6 +57,7 @@ from glocalk.data.matrix import RatingMatrix
 from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.data.readers import IdMap
 from glocalk.data.scaling import RatingMap
+from glocalk.distributed import current_group
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
 from glocalk.fold_in import LBFGS_STEPS
 from glocalk.fold_in_data import batch, merged
@@ -249,17 +255,12 @@ class GLocalKRecommender:
         run = self.settings()
         prep = prepare(data, test, self.rating_scale, self.duplicates)
         params = self.config()
-        full = RatingMatrix(prep.train, item_ids=prep.item_ids, user_ids=prep.user_ids,
-                            rating_scale=prep.rating_scale, name=prep.name)
-        if prep.val is not None:
-            fit_data = RatingMatrix(prep.train, val=prep.val, item_ids=prep.item_ids, user_ids=prep.user_ids,
-                                    rating_scale=prep.rating_scale, name=prep.name)
-        elif run.val_frac:
+        fit_data = RatingMatrix(prep.train, val=prep.val, item_ids=prep.item_ids, user_ids=prep.user_ids,
+                                rating_scale=prep.rating_scale, name=prep.name)
+        if prep.val is None and run.val_frac:
             # One validation split, drawn with the first seed, shared by all members so that
             # they read the same input matrix at serving time.
-            fit_data = full.with_validation(run.val_frac, seed=self.seeds()[0])
-        else:
-            fit_data = full
+            fit_data = fit_data.with_validation(run.val_frac, seed=self.seeds()[0])
         if self.patience is not None and fit_data.val is None:
             raise ConfigError("patience needs a validation split (--val-frac / val_frac)")
         members = []
@@ -276,17 +277,28 @@ class GLocalKRecommender:
             members.append(train_member(fit_data, params, seed,
                                             RunOptions(state_dir=member_dir, resume=resume, on_epoch=callback)))
         val = fit_data.val if fit_data.val is not None and fit_data.val.nnz else None
-        self._install(SavedModel(
+        model = SavedModel(
             input=fit_data.train, val=val, item_ids=prep.item_ids, user_ids=prep.user_ids,
             rating_scale=prep.rating_scale, offset=prep.offset, hyperparameters=params, members=members,
             execution=members[0].history[-1].get("path") if members[0].history else None,
-            rating_map=fit_data.rating_map))
-        self._source = None
-        self.comparison_ = self._compare(fit_data, prep.test)
-        self.metrics_ = None
-        if prep.test is not None:
-            self.metrics_ = self._evaluate(prep.test, "skip")
+            rating_map=fit_data.rating_map)
+        # Sharded over processes, the members' weights are whole on rank 0 alone (gathered): it scores,
+        # compares and evaluates; the other ranks get the figures and stay unfitted.
+        group = current_group()
+        self.comparison_, self.metrics_ = group.on_writer(lambda: self._finish(model, fit_data, prep.test))
+        if not group.writer:
+            self._fitted = False
+            self.members_ = [{"seed": m.seed, "stage": m.stage, "epoch": m.epoch} for m in members]
+            self.history_ = {m.seed: m.history for m in members}
         return self
+
+    def _finish(self, model: SavedModel, fit_data: RatingMatrix, test: pd.DataFrame | None
+                ) -> tuple[dict, dict | None]:
+        """Install the trained ``model``; (its comparison with the bias model, its metrics on ``test``)."""
+        self._install(model)
+        self._source = None
+        comparison = self._compare(fit_data, test)  # with fallback "baseline" it may change the scorer
+        return comparison, None if test is None else self._evaluate(test, "skip")
 
     def _compare(self, fit_data: RatingMatrix, test: pd.DataFrame | None) -> dict:
         """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``);

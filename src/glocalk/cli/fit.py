@@ -14,12 +14,14 @@ from pathlib import Path
 from glocalk.autoconfig import AUTO
 from glocalk.cli.options import (
     add_budget,
+    add_nproc,
     add_reader_options,
     add_training_run,
     auto_lines,
     comparison_lines,
     execution,
     overrides,
+    process_group,
     progress,
     reader_kwargs,
     write_csv,
@@ -75,7 +77,16 @@ def _print_ratings(ratings: Ratings) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    est = _estimator(args, overrides(args))
+    """``glocalk fit``: train, evaluate and save. Under torchrun (or in a process ``--nproc`` spawned) every
+    process runs this, sharded over users; rank 0 alone prints and writes the model directory."""
+    est = _estimator(args, overrides(args))  # bad flags fail before any process group is joined
+    with process_group(args) as group:
+        # --threads may have been filled in for the processes: the estimator runs with it.
+        est.set_params(threads=args.threads)
+        return _fit(args, est, group.writer)
+
+
+def _fit(args: argparse.Namespace, est: GLocalKRecommender, writer: bool) -> int:
     config = FitConfig(ratings=args.ratings, out=args.out, test=args.test, split=args.split, test_frac=args.test_frac,
                        folds=args.folds, refit=not args.no_refit, split_seed=args.split_seed, force=args.force,
                        resume=args.resume, read_options=reader_kwargs(args), command=["glocalk", *sys.argv[1:]])
@@ -85,7 +96,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         result = fit_and_report(est, config, on_epoch=on_epoch, on_ratings=None if args.quiet else _print_ratings)
     finally:
         close()
-    _print_fit(result.report, result.out, result.model is not None, result.comparison)
+    if writer:
+        _print_fit(result.report, result.out, result.model is not None, result.comparison)
     return 0
 
 
@@ -197,6 +209,7 @@ def _register_fit(sub) -> None:
                         "--preset, none with one")
     add_reader_options(p)
     add_training_run(p)
+    add_nproc(p)
     p.set_defaults(func=cmd_fit)
 
 

@@ -7,8 +7,10 @@ the parsed namespace back with ``overrides`` and ``execution``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 import pandas as pd
@@ -16,9 +18,11 @@ from tqdm import tqdm
 
 from glocalk.autoconfig import DEFAULT_BUDGET_MINUTES
 from glocalk.data.options import DUPLICATE_POLICIES
+from glocalk.distributed import SHARDABLE_OPTIMIZERS, ProcessGroup
+from glocalk.errors import ConfigError
 from glocalk.presets import PRESETS
 from glocalk.store import write_atomic
-from glocalk.train import DEFAULT_OPTIMIZER
+from glocalk.train import DEFAULT_OPTIMIZER, resolve_device
 
 # Hyperparameters every training command accepts as overrides of a preset: (flag, key, type, help).
 HYPERPARAMETERS: list[tuple[str, str, type, str]] = [
@@ -93,6 +97,47 @@ def add_training_run(p: argparse.ArgumentParser) -> None:
                         "RMSE (needs --val-frac)")
     e.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last completed epoch")
+
+
+def add_nproc(p: argparse.ArgumentParser) -> None:
+    """--nproc: train sharded over users in N local processes (``glocalk.cli.app`` spawns them)."""
+    p.add_argument("--nproc", type=positive_int, default=None,
+                   help="train sharded over users in N local processes (torch.distributed; each holds ~1/N of "
+                        "the user-sized weights; needs --optimizer lbfgsb); on several machines launch with "
+                        "torchrun instead (docs/DISTRIBUTED.md)")
+
+
+@contextmanager
+def process_group(args: argparse.Namespace) -> Iterator[ProcessGroup]:
+    """The command's process group: one process, or (under torchrun, or in a process ``--nproc``
+    spawned) the sharded run's group, joined for the block and left after it.
+
+    Sharded: the flags are checked before joining (--nproc against torchrun's count, an optimiser
+    that can be sharded, the device), only rank 0 prints (``args.quiet`` on the others), and without
+    --threads each process gets its machine's cores divided by its processes there.
+    """
+    group = ProcessGroup.from_env()
+    if not group.sharded:
+        yield group
+        return
+    if args.nproc is not None and args.nproc != group.world:
+        raise ConfigError(f"--nproc {args.nproc} disagrees with the {group.world} processes torchrun started; "
+                          "give one or the other")
+    optimizer = execution(args)["optimizer"]
+    if optimizer not in SHARDABLE_OPTIMIZERS:
+        raise ConfigError(f"--optimizer {optimizer} cannot be sharded over processes "
+                          f"(SciPy keeps the whole vector on one host); use --optimizer "
+                          f"{' or '.join(SHARDABLE_OPTIMIZERS)} with --nproc or torchrun")
+    resolve_device(group.device(args.device))  # no CUDA here: say so before joining an NCCL group
+    group.start(group.device(args.device))
+    try:
+        args.quiet = args.quiet or not group.writer
+        if args.threads is None:  # the machine's cores shared among its processes, not each taking all
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", group.world))
+            args.threads = max(1, (os.cpu_count() or 1) // local_world)
+        yield group
+    finally:
+        group.stop()
 
 
 def add_data(p: argparse.ArgumentParser) -> None:

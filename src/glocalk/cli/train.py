@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -13,24 +12,25 @@ from glocalk.autoconfig import AUTO, SearchResult, base_params, own_data_default
 from glocalk.cli.options import (
     add_budget,
     add_data_location,
+    add_nproc,
     add_training_run,
     auto_lines,
     comparison_lines,
     execution,
     overrides,
     positive_int,
+    process_group,
     progress,
 )
 from glocalk.compare.report import epoch_table, load_summary, mean_std, results_table
 from glocalk.comparison import FALLBACKS, compare_runs
 from glocalk.data import datasets
 from glocalk.data.matrix import RatingMatrix
-from glocalk.distributed import SHARDABLE_OPTIMIZERS, ProcessGroup
+from glocalk.distributed import ProcessGroup
 from glocalk.errors import ConfigError
 from glocalk.presets import PRESETS, preset
 from glocalk.protocol import run_experiment
 from glocalk.store import write_json_atomic
-from glocalk.train import DEFAULT_OPTIMIZER, resolve_device
 
 SUMMARY_ROWS = {"best": "paper (best fine-tuning epoch, test)", "final": "final epoch",
                 "val_selected": "validation-selected epoch", "ensemble": "ensemble of the seeds"}
@@ -84,34 +84,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.fallback == "baseline" and not args.val_frac:
         raise ConfigError("--fallback baseline chooses on validation ratings: it needs a validation split (--val-frac)")
     _check_auto(args)
-    group = ProcessGroup.from_env()
-    if not group.sharded:
-        return _train(args)
-    _check_sharded(args, group)
-    resolve_device(group.device(args.device))  # no CUDA here: say so before joining an NCCL group
-    group.start(group.device(args.device))
-    try:
-        args.quiet = args.quiet or not group.writer
-        if args.threads is None:  # the machine's cores shared among its processes, not each taking all
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", group.world))
-            args.threads = max(1, (os.cpu_count() or 1) // local_world)
+    if ProcessGroup.from_env().sharded and (args.preset == AUTO or args.ensemble):
+        raise ConfigError("--preset auto and --ensemble are not available in glocalk train with several "
+                          "processes yet; train them with one process (glocalk fit --nproc supports both)")
+    with process_group(args) as group:
         # The default folder is named by the time: rank 0's for every rank.
         return _train(args, group.writer, group.broadcast(time.strftime('%Y%m%d-%H%M%S')))
-    finally:
-        group.stop()
-
-
-def _check_sharded(args: argparse.Namespace, group: ProcessGroup) -> None:
-    if args.nproc is not None and args.nproc != group.world:
-        raise ConfigError(f"--nproc {args.nproc} disagrees with the {group.world} processes torchrun started; "
-                          "give one or the other")
-    if args.preset == AUTO or args.ensemble:
-        raise ConfigError("--preset auto and --ensemble are not available with several processes yet; "
-                          "train them with one process")
-    if (args.optimizer or DEFAULT_OPTIMIZER) not in SHARDABLE_OPTIMIZERS:
-        raise ConfigError(f"--optimizer {args.optimizer} cannot be sharded over processes "
-                          f"(SciPy keeps the whole vector on one host); use --optimizer "
-                          f"{' or '.join(SHARDABLE_OPTIMIZERS)} with --nproc or torchrun")
 
 
 def _train(args: argparse.Namespace, writer: bool = True, stamp: str | None = None) -> int:
@@ -214,10 +192,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also report the ensemble: the mean of the seeds' predictions (each seed's "
                         "validation-selected model with --val-frac, else its last epoch)")
     add_training_run(p)
-    p.add_argument("--nproc", type=positive_int, default=None,
-                   help="train sharded over users in N local processes (torch.distributed; each holds ~1/N of "
-                        "the user-sized weights); on several machines launch with torchrun instead "
-                        "(docs/DISTRIBUTED.md)")
+    add_nproc(p)
     p.set_defaults(func=cmd_train)
 
     r = sub.add_parser("report", help="Markdown table from the summary.json of glocalk train runs",

@@ -32,6 +32,7 @@ import numpy as np
 
 from glocalk.data import splits
 from glocalk.data.readers import Ratings, read_ratings
+from glocalk.distributed import current_group
 from glocalk.errors import ConfigError, DataError
 from glocalk.store import META, WEIGHTS, check_replaceable, json_default, remove_dir, replace_dir, versions
 
@@ -187,6 +188,8 @@ def fit_and_report(estimator: Any, config: FitConfig, *, on_epoch: OnEpoch | Non
         train, test = _evaluation_data(estimator, ratings, config, split_seed, report)
         model = estimator.fit(train, test=test, on_epoch=on_epoch, checkpoint_dir=state / "fit",
                               resume=config.resume)
+    if not current_group().writer:  # sharded: the other ranks have trained their blocks; rank 0 writes
+        return FitResult(report, model, out)
     auto = None if model is None else getattr(model, "auto_", None)
     if auto is not None:  # preset "auto": the search's record, and the hyperparameters it chose
         report["auto"] = auto.json_entry()
@@ -210,7 +213,7 @@ def _prepare_out(out: Path, state: Path, config: FitConfig) -> None:
         raise DataError(f"--out {out} already holds a model; pass --force to replace it")
     if config.resume and not state.exists():
         raise DataError(f"--resume: no interrupted run to continue ({state} does not exist)")
-    if not config.resume:
+    if not config.resume and current_group().writer:
         remove_dir(state, STATE_DIRS, "training state folder")  # an old run this one does not continue
 
 
