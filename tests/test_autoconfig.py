@@ -230,6 +230,8 @@ def test_glocalk_train_mat_without_a_preset_runs_the_own_data_default(tmp_path, 
                  "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["val_frac"] == 0.1 and len(summary["auto"]["candidates"]) == 1
+    # The wall time counts the search, which trained seed 1 (it was 0 + seed 2's alone before).
+    assert summary["wall_time_s"] >= summary["auto"]["candidates"][0]["seconds"] + summary["runs"][1]["wall_time_s"]
     # The chosen candidate IS seed 1's run (trained on that seed's split): 1 candidate + seed 2, not 3 trainings;
     # and its paper rows report test epochs.
     assert len(runs) == 2

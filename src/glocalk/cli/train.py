@@ -98,7 +98,7 @@ def _train(args: argparse.Namespace, writer: bool = True, stamp: str | None = No
     if not args.quiet:
         print(data.summary(), file=sys.stderr)
     on_epoch, close = progress(params["epoch_p"] + params["epoch_f"], len(args.seed), args.quiet)
-    auto = None
+    auto, t0 = None, time.perf_counter()
     try:
         if args.preset == AUTO:
             auto = _search(args, data, params, on_epoch)
@@ -112,6 +112,7 @@ def _train(args: argparse.Namespace, writer: bool = True, stamp: str | None = No
         close()
     if auto is not None:  # the search's record, next to the runs of its choice
         summary["auto"] = auto.json_entry()
+        summary["wall_time_s"] = time.perf_counter() - t0  # the search included (it trained the first seed)
     if args.val_frac and summary.get("runs"):  # never silently worse than a bias model (issue 10, item 3)
         summary["comparison"] = compare_runs(data, args.val_frac, summary["runs"], args.fallback)
     if not writer:
