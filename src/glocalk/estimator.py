@@ -108,7 +108,7 @@ class GLocalKRecommender:
         device, path, optimizer, threads: execution options of ``train.TrainConfig`` (optimizer
             "lbfgsb" by default: SciPy's L-BFGS-B in torch; "scipy" is the host reference).
         **hyperparameters: any ``GLocalKConfig`` field (n_hid, n_dim, n_layers, gk_size, lambda_2,
-            lambda_s, dot_scale, gk_norm, local_kernel, global_kernel) and epoch_p, epoch_f,
+            lambda_s, dot_scale, gk_norm, output_bias, local_kernel, global_kernel) and epoch_p, epoch_f,
             iter_p, iter_f; unset ones take the preset's value.
 
     Attributes set by ``fit`` / ``load``: ``user_ids_``, ``item_ids_`` (raw ids, index order),

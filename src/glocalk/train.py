@@ -217,6 +217,11 @@ def _device_lbfgsb_epoch(params: list[torch.nn.Parameter], loss_fn: Callable[[],
     return {"loss": float(res.fun), "nfev": int(res.nfev), "nit": int(res.nit)}
 
 
+def training_mean(data: RatingMatrix) -> float:
+    """The mean of the training ratings in the model's units (``GLocalK.init_output_bias``)."""
+    return float(np.mean(data.rating_map.to_model(data.train.data))) if data.train.nnz else 0.0
+
+
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the block on ``n`` torch CPU threads (None: as they are) and give the caller its own back:
@@ -244,6 +249,7 @@ class Trainer:
         torch.manual_seed(c.seed)
         self.model = GLocalK(data.n_items, data.n_users, self.model_config).to(self.device)
         self.rating_map = data.rating_map  # the model trains on 1..5 (identity for 1..5 data: no arithmetic)
+        self.model.init_output_bias(training_mean(data))
         self.input = prepare_input(self.rating_map.matrix_to_model(data.train), self.path == "sparse",
                                    self.model_config.gk_size, self.device)
         self.splits = {"train": _Split(data.train, self.device)}

@@ -35,6 +35,8 @@ HYPERPARAMETERS: list[tuple[str, str, type, str]] = [
     ("--dot-scale", "dot_scale", float, "scale of the global kernel's dot product"),
     ("--gk-norm", "gk_norm", str, "'paper' (as published) or 'sqrt' (divide the global kernel by "
                                   "sqrt(n_items); fixes the ML-1M fine-tuning collapse)"),
+    ("--output-bias", "output_bias", str, "initial output bias: 'glorot' (as published) or 'mean' (the training "
+                                          "mean: users without training ratings start at the mean)"),
     ("--iter-p", "iter_p", int, "L-BFGS iterations per pre-training epoch"),
     ("--iter-f", "iter_f", int, "L-BFGS iterations per fine-tuning epoch"),
     ("--epoch-p", "epoch_p", int, "pre-training epochs"),
