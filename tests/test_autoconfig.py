@@ -68,7 +68,8 @@ def test_the_candidates_start_with_the_preset_and_drop_what_the_user_fixed():
     assert CANDIDATES[0] == {}
     assert candidate_overrides(set())[0] == {} and len(candidate_overrides(set())) == len(CANDIDATES)
     fixed = candidate_overrides({"n_hid"})
-    assert fixed == [{}, {"lambda_2": 50.0}, {"lambda_2": 100.0}, {"lambda_2": 200.0}]
+    assert fixed == [{}, {"output_bias": "mean"}, {"lambda_2": 50.0}, {"output_bias": "mean", "lambda_2": 50.0},
+                     {"lambda_2": 100.0}, {"lambda_2": 200.0}]
 
 
 def test_candidate_0_is_the_preset_and_the_chosen_one_has_the_lowest_validation_rmse(auto_model, data):
