@@ -26,6 +26,7 @@ from glocalk.cli.options import (
 )
 from glocalk.compare.report import mean_std
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
+from glocalk.comparison import FALLBACKS
 from glocalk.data.readers import Ratings, read_pairs
 from glocalk.errors import ConfigError, DataError
 from glocalk.estimator import GLocalKRecommender
@@ -189,12 +190,14 @@ def _register_fit(sub) -> None:
     m.add_argument("--rating-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help="the rating scale predictions are clipped to; ratings outside it are an error (default: the "
                         "min and max of the training ratings)")
-    m.add_argument("--fallback", choices=["none", "baseline"], default=None,
+    m.add_argument("--fallback", choices=FALLBACKS, default=None,
                    help="every fit with a validation split also fits the user + item bias model on the same "
                         "split and reports both (printed, and in MODEL_DIR/report.json under comparison); "
                         "baseline: the saved model answers with whichever is better on the validation ratings "
-                        "(needs a validation split); none: GLocal-K answers. Default: baseline without "
-                        "--preset, none with one")
+                        "(needs a validation split); blend: with alpha x GLocal-K + (1 - alpha) x the bias "
+                        "model, alpha in [0, 1] fitted by least squares on the validation ratings (needs a "
+                        "validation split); none: GLocal-K answers. Default: baseline without --preset, none "
+                        "with one")
     add_reader_options(p)
     add_training_run(p)
     p.set_defaults(func=cmd_fit)
