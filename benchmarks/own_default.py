@@ -9,7 +9,9 @@ unchanged). Each case is run as a new user would run it, with the defaults and n
     glocalk fit CASE.csv --split random --seed 1 --budget B    (the CSV case: all 100k ratings, random 90/10)
 
 (the default: ``--preset auto`` on a 10% validation split with early stopping, and ``--fallback
-baseline``: the answer is the better on validation of GLocal-K and the user + item bias model).
+baseline``: the answer is the better on validation of GLocal-K and the user + item bias model; since
+"Blend or better-of-two" in BENCHMARKS.md, ``glocalk fit``'s default is ``--fallback blend``, while
+``glocalk train --mat`` keeps ``baseline``: results.json and table.md were made before that).
 The table shows both models on test, which one validation chose, and the answer's test RMSE.
 
     python benchmarks/own_default.py [--data-dir DIR] [--budget 5] [--out docs/benchmarks/own-default]
@@ -109,11 +111,11 @@ def run(case: Case, path: Path, out: Path, budget: float) -> dict:
             "metrics": record.get("metrics")}
 
 
-def run_blend(case: Case, data: RatingMatrix, folder: Path, budget: float, threads: int) -> dict:
+def run_blend(case: Case, data: RatingMatrix, folder: Path, budget: float, threads: int, seed: int = 1) -> dict:
     """``glocalk fit --fallback blend`` on the case; its comparison record, wall time and load average."""
-    out = folder / ("blend-" + "".join(c if c.isalnum() else "-" for c in case.name).strip("-"))
+    out = folder / (f"blend-s{seed}-" + "".join(c if c.isalnum() else "-" for c in case.name).strip("-"))
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--seed", "1", "--budget", str(budget), "--fallback", "blend", "--optimizer", "lbfgsb",
+    common = ["--seed", str(seed), "--budget", str(budget), "--fallback", "blend", "--optimizer", "lbfgsb",
               "--threads", str(threads), "--quiet", "--force", "--out", str(out / "model")]
     keep = None
     if case.fraction < 1.0:
@@ -183,6 +185,9 @@ def main() -> None:
     p.add_argument("--out", default="docs/benchmarks/own-default")
     p.add_argument("--blend", action="store_true", help="blend or better-of-two: glocalk fit --fallback blend")
     p.add_argument("--threads", type=int, default=1, help="--threads of each run (with --blend)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="--seed of each run (with --blend; also seeds the random split of the CSV case); "
+                        "other than 1: written to blend-seedN.json / .md")
     args = p.parse_args()
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -207,14 +212,15 @@ def main() -> None:
 
 def blend_main(args: argparse.Namespace, data: RatingMatrix, out: Path) -> None:
     """--blend: run the cases through glocalk fit --fallback blend; blend.json and blend.md."""
-    results_path = out / "blend.json"
+    stem = "blend" if args.seed == 1 else f"blend-seed{args.seed}"
+    results_path = out / f"{stem}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for k in args.cases:
         case = CASES[k]
-        results[case.name] = run_blend(case, data, out / "runs", args.budget, args.threads)
+        results[case.name] = run_blend(case, data, out / "runs", args.budget, args.threads, args.seed)
         results_path.write_text(json.dumps(results, indent=1))
     rows = [blend_row(results[c.name]) for c in CASES if c.name in results]
-    (out / "blend.md").write_text(markdown(BLEND_HEADER, rows))
+    (out / f"{stem}.md").write_text(markdown(BLEND_HEADER, rows))
     print(markdown(BLEND_HEADER, rows))
 
 

@@ -80,7 +80,7 @@ class GLocalKRecommender:
 
     Args:
         preset: None (default): the own-data default (``autoconfig.own_data_defaults``): "auto" on a
-            validation split (``val_frac``, default 0.1) with ``fallback="baseline"``. Or a paper preset
+            validation split (``val_frac``, default 0.1) with ``fallback="blend"``. Or a paper preset
             whose hyperparameters are the defaults ("ml-100k", "ml-1m", "douban"), exactly as published,
             or "auto": a budgeted search on the validation ratings (``glocalk.autoconfig``; needs ``val_frac``)
             whose first candidate is ml-100k's preset; its record is ``auto_``.
@@ -101,7 +101,7 @@ class GLocalKRecommender:
             validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``);
             "blend": with alpha * GLocal-K + (1 - alpha) * the bias model, alpha in [0, 1] the
             least-squares weight on the validation ratings (needs ``val_frac``; ``glocalk.comparison``).
-            Default: "baseline" when no preset is given, else "none".
+            Default: "blend" when no preset is given, else "none".
         device, path, optimizer, threads: execution options of ``train.TrainConfig`` (optimizer
             "lbfgsb" by default: SciPy's L-BFGS-B in torch; "scipy" is the host reference).
         **hyperparameters: any ``GLocalKConfig`` field (n_hid, n_dim, n_layers, gk_size, lambda_2,

@@ -176,7 +176,7 @@ def _register_fit(sub) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=[*sorted(PRESETS), AUTO], default=None,
                    help="default (no --preset): the own-data default: --preset auto on a --val-frac validation "
-                        "split (default 0.1) with --fallback baseline. A paper preset (ml-100k, ml-1m, douban): its "
+                        "split (default 0.1) with --fallback blend. A paper preset (ml-100k, ml-1m, douban): its "
                         "published hyperparameters, no validation split unless --val-frac, no fallback unless "
                         "--fallback. auto: try ml-100k's preset, then stronger regularisation and smaller hidden "
                         "layers, each on the same validation split with early stopping, and keep the lowest "
@@ -196,7 +196,7 @@ def _register_fit(sub) -> None:
                         "baseline: the saved model answers with whichever is better on the validation ratings "
                         "(needs a validation split); blend: with alpha x GLocal-K + (1 - alpha) x the bias "
                         "model, alpha in [0, 1] fitted by least squares on the validation ratings (needs a "
-                        "validation split); none: GLocal-K answers. Default: baseline without --preset, none "
+                        "validation split); none: GLocal-K answers. Default: blend without --preset, none "
                         "with one")
     add_reader_options(p)
     add_training_run(p)

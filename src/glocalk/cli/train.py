@@ -152,7 +152,9 @@ def _own_data_defaults(args: argparse.Namespace) -> None:
     """--mat without --preset: the own-data default (autoconfig.own_data_defaults); a paper dataset
     (--dataset) or a named preset: exactly as given (its preset; no validation split or fallback unless asked)."""
     if args.mat:
-        run = own_data_defaults(args.preset, args.val_frac, args.fallback)
+        # train cannot blend (comparison.TRAIN_BLEND): its own-data default answers with the better of the two.
+        fallback = "baseline" if args.fallback is None and args.preset is None else args.fallback
+        run = own_data_defaults(args.preset, args.val_frac, fallback)
         args.preset, args.val_frac, args.fallback = run.preset, run.val_frac, run.fallback
     elif args.fallback is None:
         args.fallback = "none"
