@@ -32,6 +32,9 @@ AUTO = "auto"
 BASE_PRESET = "ml-100k"  # candidate 0: the preset made for ratings 1..5
 DEFAULT_BUDGET_MINUTES = 10.0
 OWN_DATA_VAL_FRAC = 0.1  # the validation split of the own-data default when none is given
+# The own-data default's answer: the validation-weighted blend of GLocal-K and the bias model (comparison.py),
+# chosen over the better of the two by BENCHMARKS.md's "Blend or better-of-two (issue 10)".
+OWN_DATA_FALLBACK = "blend"
 AUTO_PATIENCE = 5  # early stopping on validation when no --patience is given
 # Overrides of the preset, tried in this order after it: the output bias started at the training mean
 # (users without training ratings are then predicted the mean: ML-100K at 10% of its ratings, validation
@@ -113,14 +116,15 @@ def own_data_defaults(preset_name: str | None, val_frac: float | None, fallback:
     """The own-data default (issue 10, item 2) where no preset is named; a named preset runs as it always did.
 
     No preset (None): the search (``AUTO``) on a validation split (``OWN_DATA_VAL_FRAC`` of the
-    training ratings unless ``val_frac`` is given), and ``fallback="baseline"``: the model answers
-    with the better, on validation, of GLocal-K and the user + item bias model, so a default fit is
-    never silently worse than that model. A named preset (including "auto"): exactly the given
-    ``val_frac`` and ``fallback`` ("none" unless given), as before the default existed.
+    training ratings unless ``val_frac`` is given), and ``fallback="blend"`` (``OWN_DATA_FALLBACK``):
+    the model answers with alpha * GLocal-K + (1 - alpha) * the user + item bias model, alpha in
+    [0, 1] fitted on the validation ratings, so a default fit is never worse on validation than
+    either model. A named preset (including "auto"): exactly the given ``val_frac`` and ``fallback``
+    ("none" unless given), as before the default existed.
     """
     if preset_name is None:
         return Settings(AUTO, OWN_DATA_VAL_FRAC if val_frac is None else val_frac,
-                        "baseline" if fallback is None else fallback)
+                        OWN_DATA_FALLBACK if fallback is None else fallback)
     return Settings(preset_name, val_frac, "none" if fallback is None else fallback)
 
 

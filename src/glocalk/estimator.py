@@ -30,7 +30,8 @@ RMSE and MAE are in the user's units; NDCG's gains on the scale mapped onto 1..5
 Never silently worse than a bias model. With a validation split, ``fit`` also fits the user + item
 bias model (``baselines.Biases``) on the same training ratings, chooses its regularisation on the
 same validation ratings, and scores both (``comparison_``, see ``glocalk.comparison``);
-``fallback="baseline"`` makes the model answer with the one that wins on validation.
+``fallback="baseline"`` makes the model answer with the one that wins on validation, ``fallback="blend"``
+with their validation-weighted blend.
 
 Sharded over processes (torchrun, ``glocalk fit --nproc``; docs/DISTRIBUTED.md): every process calls
 ``fit`` alike and trains its block of users; rank 0 alone ends fitted (the weights gathered there) and
@@ -52,7 +53,8 @@ import numpy as np
 import pandas as pd
 
 from glocalk.autoconfig import AUTO, Settings, base_params, check_budget, own_data_defaults, search
-from glocalk.comparison import FALLBACKS, fit_bias_model, not_compared, split_metrics, summarise
+from glocalk.baselines import entries
+from glocalk.comparison import FALLBACKS, blend_alpha, fit_bias_model, not_compared, split_metrics, summarise
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.data.readers import IdMap
@@ -85,7 +87,7 @@ class GLocalKRecommender:
 
     Args:
         preset: None (default): the own-data default (``autoconfig.own_data_defaults``): "auto" on a
-            validation split (``val_frac``, default 0.1) with ``fallback="baseline"``. Or a paper preset
+            validation split (``val_frac``, default 0.1) with ``fallback="blend"``. Or a paper preset
             whose hyperparameters are the defaults ("ml-100k", "ml-1m", "douban"), exactly as published,
             or "auto": a budgeted search on the validation ratings (``glocalk.autoconfig``; needs ``val_frac``)
             whose first candidate is ml-100k's preset; its record is ``auto_``.
@@ -103,8 +105,10 @@ class GLocalKRecommender:
         unknown: an id not seen in training is an "error" at predict/recommend time, or gets the
             "baseline" (bias model) prediction.
         fallback: "none": GLocal-K answers; "baseline": the model answers with the better, on the
-            validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``).
-            Default: "baseline" when no preset is given, else "none".
+            validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``);
+            "blend": with alpha * GLocal-K + (1 - alpha) * the bias model, alpha in [0, 1] the
+            least-squares weight on the validation ratings (needs ``val_frac``; ``glocalk.comparison``).
+            Default: "blend" when no preset is given, else "none".
         device, path, optimizer, threads: execution options of ``train.TrainConfig`` (optimizer
             "lbfgsb" by default: SciPy's L-BFGS-B in torch; "scipy" is the host reference).
         **hyperparameters: any ``GLocalKConfig`` field (n_hid, n_dim, n_layers, gk_size, lambda_2,
@@ -202,9 +206,9 @@ class GLocalKRecommender:
             raise ConfigError("patience needs a validation split (--val-frac / val_frac)")
         if run.fallback not in FALLBACKS:
             raise ConfigError(f"fallback (--fallback) must be one of {FALLBACKS}, got {run.fallback!r}")
-        if run.fallback == "baseline" and run.val_frac is None:
-            raise ConfigError("--fallback baseline (fallback='baseline') chooses on validation ratings: it needs "
-                              "a validation split (--val-frac / val_frac)")
+        if run.fallback != "none" and run.val_frac is None:
+            raise ConfigError(f"--fallback {run.fallback} (fallback='{run.fallback}') chooses on validation "
+                              "ratings: it needs a validation split (--val-frac / val_frac)")
         self.seeds()
 
     def seeds(self) -> list[int]:
@@ -301,27 +305,35 @@ class GLocalKRecommender:
         return comparison, None if test is None else self._evaluate(test, "skip")
 
     def _compare(self, fit_data: RatingMatrix, test: pd.DataFrame | None) -> dict:
-        """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``);
-        with ``fallback="baseline"`` the winner on validation becomes the answer."""
+        """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``),
+        and their blend with the least-squares weight on validation; with ``fallback="baseline"`` the
+        winner on validation becomes the answer, with ``fallback="blend"`` the blend."""
         policy = self.settings().fallback
         if self.model_.val is None:
-            if policy == "baseline":
-                raise ConfigError("--fallback baseline (fallback='baseline') needs a validation split "
+            if policy != "none":
+                raise ConfigError(f"--fallback {policy} (fallback='{policy}') needs a validation split "
                                   "(--val-frac / val_frac)")
             return not_compared()
         fallback = fit_bias_model(replace(fit_data, rating_scale=self._clip))
         scorers = {"glocalk": self.scorer_, "biases": self.scorer_.answering_with(fallback)}
-        figures = {}
+        items, users, truth = entries(self.model_.val)
+        parts = (np.clip(scorers[name].scores(items, users), *self._clip) for name in ("glocalk", "biases"))
+        blend = replace(fallback, answer="blend", alpha=blend_alpha(*parts, truth))
+        scorers["blend"] = self.scorer_.answering_with(blend)
+        figures = {"blend": {"alpha": blend.alpha}}
         for name, scorer in scorers.items():
-            figures[name] = {"val": split_metrics(scorer.scores, self.model_.val, self._clip, self.offset_)}
+            figures.setdefault(name, {})["val"] = split_metrics(scorer.scores, self.model_.val, self._clip,
+                                                                self.offset_)
             if test is not None:
                 figures[name]["test"] = self._evaluate(test, "skip", scorer)
-        record = summarise(figures["glocalk"], figures["biases"], policy, fallback.info)
-        if policy == "baseline":
-            fallback.info.update(val_rmse={name: f["val"]["rmse"] for name, f in figures.items()})
-            fallback.answer = record["answer"]
-            self.model_ = replace(self.model_, fallback=fallback)
-            self.scorer_ = scorers[record["answer"]]
+        record = summarise(figures["glocalk"], figures["biases"], policy, fallback.info, figures["blend"])
+        if policy != "none":
+            answer = record["answer"]
+            shown = ("glocalk", "biases", "blend") if answer == "blend" else ("glocalk", "biases")
+            fallback.info.update(val_rmse={name: figures[name]["val"]["rmse"] for name in shown})
+            chosen = blend if answer == "blend" else replace(fallback, answer=answer)
+            self.model_ = replace(self.model_, fallback=chosen)
+            self.scorer_ = scorers[answer]
         return record
 
     def _install(self, model: SavedModel, scorer: Scorer | None = None) -> None:

@@ -317,6 +317,12 @@ def comparison_lines(comparison: dict) -> list[str]:
         if "test" in figures:
             text += f"; test RMSE {figures['test']['rmse']:.4f}"
         lines.append(text)
+    if "blend" in comparison:  # a fit's record: the validation-weighted blend of the two
+        blend = comparison["blend"]
+        text = f"  blend    validation {_metric_text(blend['val'])} ({blend['alpha']:.3f} x GLocal-K)"
+        if "test" in blend:
+            text += f"; test RMSE {blend['test']['rmse']:.4f}"
+        lines.append(text)
     if "warning" in comparison:
         lines.append(f"WARNING: {comparison['warning']}")
     else:
