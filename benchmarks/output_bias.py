@@ -26,27 +26,35 @@ from glocalk.train import train
 MODES = ("glorot", "mean")
 
 
-def run(dataset: str, data_dir: str | None, fraction: float, mode: str, seed: int, val_frac: float,
-        threads: int) -> dict:
+def run(args: argparse.Namespace, fraction: float, mode: str, seed: int) -> dict:
     """One training run; its selected, best and final figures."""
-    base = load_dataset(dataset, data_dir=data_dir)
+    base = load_dataset(args.dataset, data_dir=args.data_dir)
     data = subsampled(base, fraction) if fraction < 1 else base
-    model_config, train_config = split_config({**preset(dataset), "output_bias": mode, "seed": seed,
-                                               "threads": threads})
+    model_config, train_config = split_config({**preset(args.preset or args.dataset), "output_bias": mode,
+                                               "seed": seed, "threads": args.threads, "patience": args.patience})
     t0 = time.perf_counter()
-    result = train(data.with_validation(val_frac, seed=seed), model_config, train_config)
+    result = train(data.with_validation(args.val_frac, seed=seed), model_config, train_config)
     sel = result.val_selected
-    return {"dataset": dataset, "fraction": fraction, "output_bias": mode, "seed": seed, "val_frac": val_frac,
+    return {"dataset": args.dataset, "fraction": fraction, "output_bias": mode, "seed": seed,
+            "val_frac": args.val_frac, "preset": args.preset or args.dataset, "patience": args.patience,
             "val_rmse": sel["val_rmse"], "test_rmse": sel["rmse"], "epoch": sel["epoch"],
             "best_test_rmse": result.best["rmse"], "final_test_rmse": result.final["rmse"],
             "seconds": time.perf_counter() - t0, "load_avg": os.getloadavg()}
 
 
+def _key(r: dict) -> tuple:
+    return (r["dataset"], r["fraction"], r["output_bias"], r["seed"], r["val_frac"], r.get("preset", r["dataset"]),
+            r.get("patience"))
+
+
 def table(records: list[dict]) -> str:
-    lines = ["| training ratings kept | seed | output bias | val RMSE (selected) | test RMSE (val-selected) | "
-             "test RMSE best epoch † | final | minutes | load |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(records, key=lambda r: (-r["fraction"], r["seed"], r["output_bias"])):
-        lines.append(f"| {r['fraction']:.0%} | {r['seed']} | {r['output_bias']} | {r['val_rmse']:.4f} | "
+    lines = ["| dataset | training ratings kept | preset, patience | validation | seed | output bias | "
+             "val RMSE (selected) | test RMSE (val-selected) | test RMSE best epoch † | final | minutes | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["dataset"], -r["fraction"], r["seed"], r["output_bias"])):
+        lines.append(f"| {r['dataset']} | {r['fraction']:.0%} | {r.get('preset', r['dataset'])}, "
+                     f"{r.get('patience') or '-'} | {r['val_frac']:.0%} | {r['seed']} | {r['output_bias']} | "
+                     f"{r['val_rmse']:.4f} | "
                      f"{r['test_rmse']:.4f} | {r['best_test_rmse']:.4f} | {r['final_test_rmse']:.4f} | "
                      f"{r['seconds'] / 60:.1f} | {r['load_avg'][0]:.1f} |")
     return "\n".join(lines) + "\n"
@@ -61,6 +69,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, nargs="+", default=[1])
     p.add_argument("--val-frac", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--preset", default=None, help="default: the dataset's")
+    p.add_argument("--patience", type=int, default=None, help="early stopping (the own-data search uses 5)")
     p.add_argument("--out", default="docs/benchmarks/output-bias")
     args = p.parse_args()
     out = Path(args.out)
@@ -70,10 +80,8 @@ def main() -> None:
     for fraction in args.fractions:
         for seed in args.seed:
             for mode in args.modes:
-                rec = run(args.dataset, args.data_dir, fraction, mode, seed, args.val_frac, args.threads)
-                key = (rec["dataset"], rec["fraction"], rec["output_bias"], rec["seed"], rec["val_frac"])
-                records = [r for r in records if (r["dataset"], r["fraction"], r["output_bias"], r["seed"],
-                                                  r["val_frac"]) != key] + [rec]
+                rec = run(args, fraction, mode, seed)
+                records = [r for r in records if _key(r) != _key(rec)] + [rec]
                 path.write_text(json.dumps(records, indent=1))
                 (out / "table.md").write_text(table(records))
                 print(json.dumps(rec), flush=True)
