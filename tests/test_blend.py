@@ -26,6 +26,7 @@ from glocalk.comparison import blend_alpha
 from glocalk.errors import CheckpointError
 from glocalk.estimator import GLocalKRecommender
 from glocalk.scoring import Scorer
+from glocalk.serve import service
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -158,6 +159,19 @@ def test_a_blended_model_directory_round_trips(blended, tmp_path):
     np.testing.assert_array_equal(back.predict(users, items), blended.predict(users, items))
     pd.testing.assert_frame_equal(back.recommend(users[0], 5), blended.recommend(users[0], 5))
     pd.testing.assert_frame_equal(back.recommend_all(k=3), blended.recommend_all(k=3))
+
+
+def test_the_service_answers_with_the_blend(blended, tmp_path):
+    blended.save(tmp_path / "m")
+    loaded = service.load(tmp_path / "m")
+    users, items = [str(u) for u in blended.user_ids_[:4]], [str(i) for i in blended.item_ids_[5:9]]
+    answers = service.predict(loaded, users, items)
+    np.testing.assert_array_equal([a["rating"] for a in answers],
+                                  blended.predict(blended.user_ids_[:4], blended.item_ids_[5:9]))
+    ranked = service.recommend(loaded, users[0], 4, True)
+    assert [r["item"] for r in ranked] == [str(i) for i in blended.recommend(blended.user_ids_[0], 4)["item"]]
+    new = service.recommend_new(loaded, items[:3], [4.0, 2.0, 5.0], 3)  # fold-in of a blended model
+    assert len(new["items"]) == 3 and not set(r["item"] for r in new["items"]) & set(items[:3])
 
 
 @pytest.mark.parametrize("alpha", ["0.5", 1.5, -0.1, None, True, float("nan")])
