@@ -9,10 +9,20 @@ unchanged). Each case is run as a new user would run it, with the defaults and n
     glocalk fit CASE.csv --split random --seed 1 --budget B    (the CSV case: all 100k ratings, random 90/10)
 
 (the default: ``--preset auto`` on a 10% validation split with early stopping, and ``--fallback
-baseline``: the answer is the better on validation of GLocal-K and the user + item bias model).
+baseline``: the answer is the better on validation of GLocal-K and the user + item bias model; since
+"Blend or better-of-two" in BENCHMARKS.md, ``glocalk fit``'s default is ``--fallback blend``, while
+``glocalk train --mat`` keeps ``baseline``: results.json and table.md were made before that).
 The table shows both models on test, which one validation chose, and the answer's test RMSE.
 
     python benchmarks/own_default.py [--data-dir DIR] [--budget 5] [--out docs/benchmarks/own-default]
+
+``--blend`` (issue 10: blend or better-of-two) runs every case through ``glocalk fit`` with
+``--fallback blend`` instead (``glocalk train`` cannot blend; a .mat case becomes a training CSV and a
+``--test`` CSV of the same ratings), and tabulates GLocal-K, the bias model, the better-of-two answer
+(``--fallback baseline``: the winner on validation) and the blend on validation and on test, all from
+the one fit's comparison record; written to blend.json and blend.md (results.json, table.md untouched):
+
+    python benchmarks/own_default.py --blend --budget 0 --cases 0 [--threads 1]
 """
 
 from __future__ import annotations
@@ -101,6 +111,56 @@ def run(case: Case, path: Path, out: Path, budget: float) -> dict:
             "metrics": record.get("metrics")}
 
 
+def run_blend(case: Case, data: RatingMatrix, folder: Path, budget: float, threads: int, seed: int = 1) -> dict:
+    """``glocalk fit --fallback blend`` on the case; its comparison record, wall time and load average."""
+    out = folder / (f"blend-s{seed}-" + "".join(c if c.isalnum() else "-" for c in case.name).strip("-"))
+    out.mkdir(parents=True, exist_ok=True)
+    common = ["--seed", str(seed), "--budget", str(budget), "--fallback", "blend", "--optimizer", "lbfgsb",
+              "--threads", str(threads), "--quiet", "--force", "--out", str(out / "model")]
+    keep = None
+    if case.fraction < 1.0:
+        keep = np.random.default_rng(SUBSAMPLE_SEED).random(data.train.nnz) < case.fraction
+    files = []
+    for label, m in (("train", _rescaled(data.train, case, keep)), ("test", _rescaled(data.test, case))):
+        coo = m.tocoo()  # items x users
+        files.append(out / f"{label}.csv")
+        pd.DataFrame({"user": coo.col + 1, "item": coo.row + 1, "rating": coo.data}).to_csv(files[-1], index=False)
+    if case.kind == "csv":
+        both = pd.concat([pd.read_csv(f) for f in files])
+        both.to_csv(files[0], index=False)
+        cmd = ["fit", str(files[0]), "--split", "random", *common]
+    else:
+        cmd = ["fit", str(files[0]), "--test", str(files[1]), *common]
+    load_before, t0 = os.getloadavg(), time.perf_counter()
+    subprocess.run([sys.executable, "-m", "glocalk", *cmd], check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t0
+    for f in files:
+        f.unlink()  # the rating files are ML-100K's data: not kept
+    report = json.loads((out / "model" / "report.json").read_text())
+    return {"case": case.name, "command": "glocalk " + " ".join(cmd), "seconds": seconds,
+            "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+            "comparison": report["comparison"], "auto": report.get("auto"), "metrics": report.get("metrics")}
+
+
+def blend_row(result: dict) -> list[str]:
+    """One case: val and test RMSE of GLocal-K, the bias model, the better of two, the blend; alpha."""
+    c = result["comparison"]
+    better = c[c["winner_on_validation"]]
+    cells = [result["case"]]
+    for part in ("val", "test"):
+        cells += [f"{m[part]['rmse']:.4f}" for m in (c["glocalk"], c["biases"], better, c["blend"])]
+    blend_wins = "yes" if c["blend"]["val"]["rmse"] < better["val"]["rmse"] else "tie"
+    test_wins = "yes" if c["blend"]["test"]["rmse"] <= better["test"]["rmse"] else "**no**"
+    return cells + [f"{c['blend']['alpha']:.3f}", c["winner_on_validation"], blend_wins, test_wins,
+                    f"{result['seconds'] / 60:.1f}", "{:.2f}/{:.2f}".format(result["load_avg_before"][0],
+                                                                        result["load_avg_after"][0])]
+
+
+BLEND_HEADER = ["rating set", "GLocal-K val", "biases val", "better-of-two val", "blend val", "GLocal-K test",
+                "biases test", "better-of-two test", "blend test", "alpha", "better of two (on val)",
+                "blend < better on val", "blend <= better on test", "minutes", "load (1 min) before/after"]
+
+
 def row(result: dict) -> list[str]:
     c = result["comparison"]
     g, b = c["glocalk"], c["biases"]
@@ -123,10 +183,18 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=5.0, help="--budget of each run, minutes")
     p.add_argument("--cases", type=int, nargs="+", default=list(range(len(CASES))), help="indices into CASES")
     p.add_argument("--out", default="docs/benchmarks/own-default")
+    p.add_argument("--blend", action="store_true", help="blend or better-of-two: glocalk fit --fallback blend")
+    p.add_argument("--threads", type=int, default=1, help="--threads of each run (with --blend)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="--seed of each run (with --blend; also seeds the random split of the CSV case); "
+                        "other than 1: written to blend-seedN.json / .md")
     args = p.parse_args()
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     data = load_dataset("ml-100k", data_dir=args.data_dir)
+    if args.blend:
+        blend_main(args, data, out)
+        return
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for k in args.cases:
@@ -140,6 +208,20 @@ def main() -> None:
     rows = [row(results[c.name]) for c in CASES if c.name in results]
     (out / "table.md").write_text(markdown(header, rows))
     print(markdown(header, rows))
+
+
+def blend_main(args: argparse.Namespace, data: RatingMatrix, out: Path) -> None:
+    """--blend: run the cases through glocalk fit --fallback blend; blend.json and blend.md."""
+    stem = "blend" if args.seed == 1 else f"blend-seed{args.seed}"
+    results_path = out / f"{stem}.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for k in args.cases:
+        case = CASES[k]
+        results[case.name] = run_blend(case, data, out / "runs", args.budget, args.threads, args.seed)
+        results_path.write_text(json.dumps(results, indent=1))
+    rows = [blend_row(results[c.name]) for c in CASES if c.name in results]
+    (out / f"{stem}.md").write_text(markdown(BLEND_HEADER, rows))
+    print(markdown(BLEND_HEADER, rows))
 
 
 if __name__ == "__main__":

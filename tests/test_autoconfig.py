@@ -68,7 +68,8 @@ def test_the_candidates_start_with_the_preset_and_drop_what_the_user_fixed():
     assert CANDIDATES[0] == {}
     assert candidate_overrides(set())[0] == {} and len(candidate_overrides(set())) == len(CANDIDATES)
     fixed = candidate_overrides({"n_hid"})
-    assert fixed == [{}, {"lambda_2": 50.0}, {"lambda_2": 100.0}, {"lambda_2": 200.0}]
+    assert fixed == [{}, {"output_bias": "mean"}, {"lambda_2": 50.0}, {"output_bias": "mean", "lambda_2": 50.0},
+                     {"lambda_2": 100.0}, {"lambda_2": 200.0}]
 
 
 def test_candidate_0_is_the_preset_and_the_chosen_one_has_the_lowest_validation_rmse(auto_model, data):
@@ -181,27 +182,27 @@ def test_glocalk_train_auto_flags_that_do_not_go_together(tmp_path, capsys, monk
 
 
 def test_own_data_defaults_fill_in_only_what_no_preset_names():
-    assert own_data_defaults(None, None, None) == Settings(AUTO, OWN_DATA_VAL_FRAC, "baseline")
+    assert own_data_defaults(None, None, None) == Settings(AUTO, OWN_DATA_VAL_FRAC, "blend")
     assert own_data_defaults(None, 0.25, "none") == Settings(AUTO, 0.25, "none")
     # A named preset runs exactly as given: no validation split, no fallback unless asked.
     assert own_data_defaults("ml-100k", None, None) == Settings("ml-100k", None, "none")
     assert own_data_defaults("auto", 0.2, None) == Settings("auto", 0.2, "none")
 
 
-def test_the_estimators_default_searches_on_a_tenth_and_answers_with_the_better_model(data, tmp_path):
+def test_the_estimators_default_searches_on_a_tenth_and_answers_with_the_blend(data, tmp_path):
     train, test = data
     model = GLocalKRecommender(budget=0, **SHORT).fit(train, test=test)
     assert model.auto_ is not None and len(model.auto_.candidates) == 1  # a zero budget: the preset only
     # 10% of the training ratings held out for validation (seeded, rounded).
     assert model.model_.val.nnz == round(0.1 * len(train))
     record = model.comparison_
-    assert record["fallback"] == "baseline"
-    winner = "biases" if record["biases"]["val"]["rmse"] < record["glocalk"]["val"]["rmse"] else "glocalk"
-    assert record["answer"] == winner and model.scorer_.biases_answer == (winner == "biases")
+    assert record["fallback"] == "blend" and record["answer"] == "blend" and not model.scorer_.biases_answer
+    assert model.scorer_.alpha == record["blend"]["alpha"] == model.model_.fallback.alpha
+    assert record["blend"]["val"]["rmse"] <= min(record["biases"]["val"]["rmse"], record["glocalk"]["val"]["rmse"])
     # The directory records the settings as run, and reloads as them.
     model.save(tmp_path / "m")
     estimator = json.loads((tmp_path / "m" / "model.json").read_text())["estimator"]
-    assert (estimator["preset"], estimator["val_frac"], estimator["fallback"]) == ("auto", 0.1, "baseline")
+    assert (estimator["preset"], estimator["val_frac"], estimator["fallback"]) == ("auto", 0.1, "blend")
     loaded = GLocalKRecommender.load(tmp_path / "m")
     assert np.array_equal(loaded.predict(test["user"], test["item"]), model.predict(test["user"], test["item"]))
 
@@ -213,7 +214,7 @@ def test_glocalk_fit_without_a_preset_runs_the_own_data_default(data, tmp_path, 
     assert main(["fit", str(tmp_path / "train.csv"), "--budget", "0", *CLI_SHORT, "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["preset"] == "auto" and report["val_frac"] == 0.1
-    assert report["comparison"]["fallback"] == "baseline" and len(report["auto"]["candidates"]) == 1
+    assert report["comparison"]["fallback"] == "blend" and len(report["auto"]["candidates"]) == 1
     assert "GLocal-K vs the user + item bias model" in capsys.readouterr().out
 
 
@@ -230,6 +231,8 @@ def test_glocalk_train_mat_without_a_preset_runs_the_own_data_default(tmp_path, 
                  "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["val_frac"] == 0.1 and len(summary["auto"]["candidates"]) == 1
+    # The wall time counts the search, which trained seed 1 (it was 0 + seed 2's alone before).
+    assert summary["wall_time_s"] >= summary["auto"]["candidates"][0]["seconds"] + summary["runs"][1]["wall_time_s"]
     # The chosen candidate IS seed 1's run (trained on that seed's split): 1 candidate + seed 2, not 3 trainings;
     # and its paper rows report test epochs.
     assert len(runs) == 2
@@ -245,6 +248,7 @@ def test_glocalk_train_mat_without_a_preset_runs_the_own_data_default(tmp_path, 
         assert comparison["glocalk"][name]["rmse"] == pytest.approx(expected)
     winner = "biases" if comparison["biases"]["val"]["rmse"] < comparison["glocalk"]["val"]["rmse"] else "glocalk"
     assert comparison["answer"] == winner and comparison["answer_test"] == comparison[winner]["test"]
+    assert comparison["fallback"] == "baseline", "train cannot blend: its own-data default is the better of two"
     assert "GLocal-K vs the user + item bias model" in capsys.readouterr().out
 
 

@@ -249,7 +249,7 @@ def test_torchrun_environment_is_checked_before_any_process_group(tmp_path, monk
     mat = tmp_path / "tiny.mat"
     _write_mat(mat, tiny_ratings(n_items=30, n_users=25))
     base = ["train", "--mat", str(mat), "--preset", "douban", "--out", str(tmp_path / "x"), "--quiet"]
-    assert main(base) == 2  # the default optimiser is SciPy's, which cannot be sharded
+    assert main([*base, "--optimizer", "scipy"]) == 2  # SciPy's host L-BFGS-B cannot be sharded
     assert "--optimizer scipy cannot be sharded" in capsys.readouterr().err
     assert main([*base, "--optimizer", "lbfgsb", "--nproc", "3"]) == 2
     assert "--nproc 3 disagrees with the 2 processes torchrun started" in capsys.readouterr().err

@@ -174,7 +174,7 @@ def test_a_damaged_fallback_is_a_checkpoint_error(loser, tmp_path):
 
 def test_bad_fallback_settings_are_config_errors():
     with pytest.raises(ConfigError, match="--fallback"):
-        GLocalKRecommender("ml-100k", fallback="blend")
+        GLocalKRecommender("ml-100k", val_frac=0.2, fallback="blended")
     with pytest.raises(ConfigError, match="--val-frac"):
         GLocalKRecommender("ml-100k", fallback="baseline")
 

@@ -160,6 +160,7 @@ def assert_grads_close(ga, gb, rtol, what):
     ("dot_scale", -1.0, "dot_scale (--dot-scale) must be a finite number > 0, got -1.0"),
     ("dot_scale", math.nan, "dot_scale (--dot-scale) must be a finite number > 0, got nan"),
     ("gk_norm", "bogus", "gk_norm (--gk-norm) must be 'paper' or 'sqrt', got 'bogus'"),
+    ("output_bias", "zero", "output_bias (--output-bias) must be 'glorot' or 'mean', got 'zero'"),
     ("local_kernel", "no", "local_kernel must be true or false, got 'no'"),
     ("global_kernel", 0, "global_kernel must be true or false, got 0"),
 ])
@@ -635,3 +636,18 @@ def test_sparse_execution_gradients_are_bitwise_reproducible_with_threads():
                         assert torch.equal(a, b), f"stage {stage}, conv_dense={conv_dense}: gradients differ"
     finally:
         torch.set_num_threads(old)
+
+
+def test_output_bias_mean_sets_only_the_output_bias():
+    # The same seed draws the same parameters; "mean" then overwrites the output bias alone.
+    torch.manual_seed(3)
+    paper = GLocalK(12, 9, GLocalKConfig(n_hid=6))
+    torch.manual_seed(3)
+    mean = GLocalK(12, 9, GLocalKConfig(n_hid=6, output_bias="mean"))
+    paper.init_output_bias(3.25)  # "glorot": nothing changes
+    mean.init_output_bias(3.25)
+    for (name, a), (_, b) in zip(paper.state_dict().items(), mean.state_dict().items(), strict=True):
+        if name == "out.b":
+            assert torch.equal(b, torch.full((9,), 3.25)) and a.abs().max() < 1.0
+        else:
+            assert torch.equal(a, b), name

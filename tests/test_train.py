@@ -415,3 +415,25 @@ def test_host_round_trip_copies_parameters_exactly():
     x[:] = [0.0, 1.0, 2.0, 3.0, 4.0]
     host_assign(params, x)
     assert params[0].tolist() == [[0.0, 1.0], [2.0, 3.0]] and params[1].tolist() == [4.0]
+
+
+@pytest.mark.parametrize("output_bias", ["glorot", "mean"])
+def test_a_user_without_training_ratings_starts_at_the_mean_with_output_bias_mean(output_bias):
+    # User 0 has test ratings only: nothing in training moves its output bias, and L2 pulls its output
+    # weights towards 0, so its predictions stay near where the bias started: the training mean (3.4 here)
+    # with "mean", near 0 (clipped to 1 in the metrics) with the paper's Glorot init.
+    rng = np.random.default_rng(0)
+    dense = rng.integers(1, 6, (20, 12)).astype(float)
+    mask = rng.random((20, 12)) < 0.5
+    test_mask = np.zeros_like(mask)
+    test_mask[:, 0], mask[:, 0] = mask[:, 0], False
+    data = RatingMatrix(sp.csr_matrix(dense * mask), test=sp.csr_matrix(dense * test_mask), rating_scale=(1.0, 5.0))
+    trainer = Trainer(data, GLocalKConfig(n_hid=8, lambda_2=20.0, output_bias=output_bias),
+                      TrainConfig(epoch_p=3, epoch_f=0, iter_p=5, threads=1))
+    trainer.run()
+    mean = float(data.train.data.mean())
+    predicted = trainer.predictions(1)["test"]  # unclipped, all for user 0
+    if output_bias == "mean":
+        assert np.abs(predicted - mean).max() < 0.5
+    else:
+        assert np.abs(predicted - mean).min() > 2.0

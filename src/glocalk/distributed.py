@@ -47,6 +47,7 @@ from glocalk.train import (
     TrainResult,
     check_identity,
     resolve_device,
+    training_mean,
 )
 
 # Seconds a collective waits for the other ranks before it fails (GLOCALK_DIST_TIMEOUT overrides).
@@ -281,6 +282,7 @@ class ShardedTrainer(Trainer):
         self.shard = Shard.of(data.n_users, self.group.rank, self.group.world)
         torch.manual_seed(c.seed)
         full = GLocalK(data.n_items, data.n_users, self.model_config)  # the single-process initialisation
+        full.init_output_bias(training_mean(data))
         self.sharded = ShardedGLocalK.from_full(full, self.shard)
         del full
         self.sharded.local.to(self.device)

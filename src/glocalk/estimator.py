@@ -30,7 +30,8 @@ RMSE and MAE are in the user's units; NDCG's gains on the scale mapped onto 1..5
 Never silently worse than a bias model. With a validation split, ``fit`` also fits the user + item
 bias model (``baselines.Biases``) on the same training ratings, chooses its regularisation on the
 same validation ratings, and scores both (``comparison_``, see ``glocalk.comparison``);
-``fallback="baseline"`` makes the model answer with the one that wins on validation.
+``fallback="baseline"`` makes the model answer with the one that wins on validation, ``fallback="blend"``
+with their validation-weighted blend.
 
 Sharded over processes (torchrun, ``glocalk fit --nproc``; docs/DISTRIBUTED.md): every process calls
 ``fit`` alike and trains its block of users; rank 0 alone ends fitted (the weights gathered there) and
@@ -52,7 +53,8 @@ import numpy as np
 import pandas as pd
 
 from glocalk.autoconfig import AUTO, Settings, base_params, check_budget, own_data_defaults, search
-from glocalk.comparison import FALLBACKS, fit_bias_model, not_compared, split_metrics, summarise
+from glocalk.baselines import entries
+from glocalk.comparison import FALLBACKS, blend_alpha, fit_bias_model, not_compared, split_metrics, summarise
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.options import DUPLICATE_POLICIES
 from glocalk.data.readers import IdMap
@@ -66,7 +68,9 @@ from glocalk.model_dir import SavedModel, fingerprint, load_model, save_model
 from glocalk.own_data import prepare, read_test, unknown_message
 from glocalk.presets import MODEL_KEYS, preset
 from glocalk.protocol import RunOptions, member_of, train_member
-from glocalk.scoring import Scorer, check_weights, top_k
+from glocalk.scoring import Scorer, check_weights
+from glocalk.topn import rank_all, rank_items
+from glocalk.train import DEFAULT_OPTIMIZER
 
 UNKNOWN_POLICIES = ("error", "baseline")
 # Hyperparameters accepted as keywords besides the explicit constructor arguments.
@@ -83,7 +87,7 @@ class GLocalKRecommender:
 
     Args:
         preset: None (default): the own-data default (``autoconfig.own_data_defaults``): "auto" on a
-            validation split (``val_frac``, default 0.1) with ``fallback="baseline"``. Or a paper preset
+            validation split (``val_frac``, default 0.1) with ``fallback="blend"``. Or a paper preset
             whose hyperparameters are the defaults ("ml-100k", "ml-1m", "douban"), exactly as published,
             or "auto": a budgeted search on the validation ratings (``glocalk.autoconfig``; needs ``val_frac``)
             whose first candidate is ml-100k's preset; its record is ``auto_``.
@@ -101,11 +105,14 @@ class GLocalKRecommender:
         unknown: an id not seen in training is an "error" at predict/recommend time, or gets the
             "baseline" (bias model) prediction.
         fallback: "none": GLocal-K answers; "baseline": the model answers with the better, on the
-            validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``).
-            Default: "baseline" when no preset is given, else "none".
-        device, path, optimizer, threads: execution options of ``train.TrainConfig``.
+            validation ratings, of GLocal-K and the user + item bias model (needs ``val_frac``);
+            "blend": with alpha * GLocal-K + (1 - alpha) * the bias model, alpha in [0, 1] the
+            least-squares weight on the validation ratings (needs ``val_frac``; ``glocalk.comparison``).
+            Default: "blend" when no preset is given, else "none".
+        device, path, optimizer, threads: execution options of ``train.TrainConfig`` (optimizer
+            "lbfgsb" by default: SciPy's L-BFGS-B in torch; "scipy" is the host reference).
         **hyperparameters: any ``GLocalKConfig`` field (n_hid, n_dim, n_layers, gk_size, lambda_2,
-            lambda_s, dot_scale, gk_norm, local_kernel, global_kernel) and epoch_p, epoch_f,
+            lambda_s, dot_scale, gk_norm, output_bias, local_kernel, global_kernel) and epoch_p, epoch_f,
             iter_p, iter_f; unset ones take the preset's value.
 
     Attributes set by ``fit`` / ``load``: ``user_ids_``, ``item_ids_`` (raw ids, index order),
@@ -121,7 +128,7 @@ class GLocalKRecommender:
     def __init__(self, preset: str | None = None, *, seed: int | Sequence[int] = 1, n_ensemble: int | None = None,
                  val_frac: float | None = None, patience: int | None = None,
                  rating_scale: tuple[float, float] | None = None, duplicates: str = "error",
-                 unknown: str = "error", device: str = "cpu", path: str = "auto", optimizer: str = "scipy",
+                 unknown: str = "error", device: str = "cpu", path: str = "auto", optimizer: str = DEFAULT_OPTIMIZER,
                  threads: int | None = None, fallback: str | None = None, budget: float | None = None,
                  **hyperparameters: Any) -> None:
         self.preset = preset
@@ -199,9 +206,9 @@ class GLocalKRecommender:
             raise ConfigError("patience needs a validation split (--val-frac / val_frac)")
         if run.fallback not in FALLBACKS:
             raise ConfigError(f"fallback (--fallback) must be one of {FALLBACKS}, got {run.fallback!r}")
-        if run.fallback == "baseline" and run.val_frac is None:
-            raise ConfigError("--fallback baseline (fallback='baseline') chooses on validation ratings: it needs "
-                              "a validation split (--val-frac / val_frac)")
+        if run.fallback != "none" and run.val_frac is None:
+            raise ConfigError(f"--fallback {run.fallback} (fallback='{run.fallback}') chooses on validation "
+                              "ratings: it needs a validation split (--val-frac / val_frac)")
         self.seeds()
 
     def seeds(self) -> list[int]:
@@ -298,27 +305,35 @@ class GLocalKRecommender:
         return comparison, None if test is None else self._evaluate(test, "skip")
 
     def _compare(self, fit_data: RatingMatrix, test: pd.DataFrame | None) -> dict:
-        """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``);
-        with ``fallback="baseline"`` the winner on validation becomes the answer."""
+        """GLocal-K against the validation-chosen bias model on the same split (``glocalk.comparison``),
+        and their blend with the least-squares weight on validation; with ``fallback="baseline"`` the
+        winner on validation becomes the answer, with ``fallback="blend"`` the blend."""
         policy = self.settings().fallback
         if self.model_.val is None:
-            if policy == "baseline":
-                raise ConfigError("--fallback baseline (fallback='baseline') needs a validation split "
+            if policy != "none":
+                raise ConfigError(f"--fallback {policy} (fallback='{policy}') needs a validation split "
                                   "(--val-frac / val_frac)")
             return not_compared()
         fallback = fit_bias_model(replace(fit_data, rating_scale=self._clip))
         scorers = {"glocalk": self.scorer_, "biases": self.scorer_.answering_with(fallback)}
-        figures = {}
+        items, users, truth = entries(self.model_.val)
+        parts = (np.clip(scorers[name].scores(items, users), *self._clip) for name in ("glocalk", "biases"))
+        blend = replace(fallback, answer="blend", alpha=blend_alpha(*parts, truth))
+        scorers["blend"] = self.scorer_.answering_with(blend)
+        figures = {"blend": {"alpha": blend.alpha}}
         for name, scorer in scorers.items():
-            figures[name] = {"val": split_metrics(scorer.scores, self.model_.val, self._clip, self.offset_)}
+            figures.setdefault(name, {})["val"] = split_metrics(scorer.scores, self.model_.val, self._clip,
+                                                                self.offset_)
             if test is not None:
                 figures[name]["test"] = self._evaluate(test, "skip", scorer)
-        record = summarise(figures["glocalk"], figures["biases"], policy, fallback.info)
-        if policy == "baseline":
-            fallback.info.update(val_rmse={name: f["val"]["rmse"] for name, f in figures.items()})
-            fallback.answer = record["answer"]
-            self.model_ = replace(self.model_, fallback=fallback)
-            self.scorer_ = scorers[record["answer"]]
+        record = summarise(figures["glocalk"], figures["biases"], policy, fallback.info, figures["blend"])
+        if policy != "none":
+            answer = record["answer"]
+            shown = ("glocalk", "biases", "blend") if answer == "blend" else ("glocalk", "biases")
+            fallback.info.update(val_rmse={name: figures[name]["val"]["rmse"] for name in shown})
+            chosen = blend if answer == "blend" else replace(fallback, answer=answer)
+            self.model_ = replace(self.model_, fallback=chosen)
+            self.scorer_ = scorers[answer]
         return record
 
     def _install(self, model: SavedModel, scorer: Scorer | None = None) -> None:
@@ -453,27 +468,19 @@ class GLocalKRecommender:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
         u = int(self._ids.lookup(np.array([user]), "user")[0])
-        seen = np.zeros(len(self.item_ids_), dtype=bool)
+        exclude = None
         if u < 0:
             if policy == "error":
                 raise DataError(f"unknown user {user!r}: not in the training data "
                                 "(use --unknown baseline, in Python unknown='baseline', to rank items by popularity)")
             raw = self.scorer_.mu + self.scorer_.b_item
         else:
-            users = np.broadcast_to(np.array(user, dtype=object), seen.shape)
+            users = np.broadcast_to(np.array(user, dtype=object), self.item_ids_.shape)
             raw = self._finite(self.scorer_.user_scores(u), users, self.item_ids_)
             if exclude_seen:
-                seen[self._seen_t.indices[self._seen_t.indptr[u]: self._seen_t.indptr[u + 1]]] = True
-        candidates = np.flatnonzero(~seen)
-        if k < len(candidates):
-            # Only items scoring at least the k-th best raw score can be in the top k (clipping keeps the order):
-            # sort those alone (a request of the HTTP service is several times cheaper).
-            kth = np.partition(raw[candidates], len(candidates) - k)[len(candidates) - k]
-            candidates = candidates[raw[candidates] >= kth]
-        clipped = np.clip(raw, *self._clip)
-        # lexsort: last key primary -> descending clipped rating, then descending raw score, then item index.
-        order = candidates[np.lexsort((candidates, -raw[candidates], -clipped[candidates]))][:k]
-        return pd.DataFrame({"item": self.item_ids_[order], "score": clipped[order] - self.offset_,
+                exclude = self._seen_t.indices[self._seen_t.indptr[u]: self._seen_t.indptr[u + 1]]
+        order = rank_items(raw, exclude, k, self._clip)
+        return pd.DataFrame({"item": self.item_ids_[order], "score": np.clip(raw[order], *self._clip) - self.offset_,
                              "rank": np.arange(1, len(order) + 1)})
 
     def recommend_many(self, users: Iterable[Any], k: int = 10, exclude_seen: bool = True, *,
@@ -500,24 +507,17 @@ class GLocalKRecommender:
         self._check_fitted()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
-        frames = []
-        for start in range(0, len(self.user_ids_), block):
-            u = np.arange(start, min(start + block, len(self.user_ids_)))
-            raw = self.scorer_.block_scores(u)  # (n_block, n_items)
+
+        def check(raw: np.ndarray, u: np.ndarray) -> None:
             if not np.isfinite(raw).all():
                 self._finite(raw.ravel(), np.repeat(self.user_ids_[u], raw.shape[1]), np.tile(self.item_ids_, len(u)))
-            if exclude_seen:
-                rows, cols = self._seen_t[u].nonzero()
-                raw[rows, cols] = -np.inf
-            top = top_k(raw, k)  # (n_block, k)
-            scores = raw[np.arange(len(u))[:, None], top]
-            valid = np.isfinite(scores)  # fewer unseen items than k: no more rows
-            frames.append(pd.DataFrame({
-                "user": np.repeat(self.user_ids_[u], top.shape[1])[valid.ravel()],
-                "item": self.item_ids_[top[valid]], "score": np.clip(scores[valid], *self._clip) - self.offset_,
-                "rank": np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[valid]}))
+
+        frames = []
+        for b in rank_all(self.scorer_, len(self.user_ids_), self._seen_t if exclude_seen else None, k, block, check):
+            frames.append(pd.DataFrame({"user": self.user_ids_[b.users], "item": self.item_ids_[b.items],
+                                        "score": np.clip(b.scores, *self._clip) - self.offset_, "rank": b.ranks}))
             if on_block is not None:
-                on_block(len(u))
+                on_block(b.n_users)
         return pd.concat(frames, ignore_index=True)
 
     def evaluate(self, test: Any, *, unknown: str = "skip", **read_options: Any) -> dict:
@@ -597,4 +597,4 @@ _EXPLICIT = ("preset", "seed", "n_ensemble", "val_frac", "patience", "rating_sca
              "device", "path", "optimizer", "threads", "fallback", "budget")
 _DEFAULTS = {"preset": None, "seed": 1, "n_ensemble": None, "val_frac": None, "patience": None,
              "rating_scale": None, "duplicates": "error", "unknown": "error", "device": "cpu", "path": "auto",
-             "optimizer": "scipy", "threads": None, "fallback": None, "budget": None}
+             "optimizer": DEFAULT_OPTIMIZER, "threads": None, "fallback": None, "budget": None}

@@ -34,6 +34,7 @@ from glocalk.errors import ConfigError, option_name
 from glocalk.sparse import SparsePattern, sampled_mm, spmm
 
 GK_NORMS = ("paper", "sqrt")
+OUTPUT_BIASES = ("glorot", "mean")
 
 
 class Stage(IntEnum):
@@ -64,6 +65,10 @@ class GLocalKConfig:
     gk_norm: str = "paper"
     """Global kernel scaling: "paper" g = (p @ C) * dot_scale, as published; "sqrt" also divides by
     sqrt(n_items), so g's magnitude no longer grows with the number of items (docs/RESULTS.md, ML-1M)."""
+    output_bias: str = "glorot"
+    """Initial output-layer bias: "glorot" as published (TF's Glorot-uniform default, close to 0); "mean" the
+    training ratings' mean (``GLocalK.init_output_bias``), so a user without training ratings, whose bias no
+    rating ever moves, is predicted the mean rather than ~0 (sparse own data: BENCHMARKS.md)."""
     local_kernel: bool = True
     """Ablation: False gives K = 1 (plain AutoRec layers, no lambda_s term)."""
     global_kernel: bool = True
@@ -83,6 +88,8 @@ class GLocalKConfig:
                                   f"got {value!r}")
         if self.gk_norm not in GK_NORMS:
             raise ConfigError(f"{option_name('gk_norm')} must be 'paper' or 'sqrt', got {self.gk_norm!r}")
+        if self.output_bias not in OUTPUT_BIASES:
+            raise ConfigError(f"{option_name('output_bias')} must be 'glorot' or 'mean', got {self.output_bias!r}")
         for name in ("local_kernel", "global_kernel"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -217,6 +224,14 @@ class GLocalK(nn.Module):
         self.out = KernelLayer(c.n_hid, n_users, c.n_dim, "identity", c.local_kernel)
         # C: (n_items, gk_size^2), truncated normal std 0.1; trained in stage 2 only.
         self.gk_weight = nn.Parameter(_truncated_normal_(torch.empty(n_items, c.gk_size**2), 0.1))
+
+    def init_output_bias(self, rating_mean: float) -> None:
+        """Apply ``config.output_bias`` once the training data are known: with "mean" every output bias
+        starts at ``rating_mean`` (the training ratings' mean, model units); "glorot" keeps the paper's.
+        The other parameters' draws are unchanged either way."""
+        if self.config.output_bias == "mean":
+            with torch.no_grad():
+                self.out.b.fill_(rating_mean)
 
     @property
     def layers(self) -> list[KernelLayer]:

@@ -36,7 +36,7 @@ MODEL_KIND = "glocalk-model"
 # Hyperparameters that fix the shapes of the weights: required in model.json.
 SHAPE_KEYS = ("n_hid", "n_dim", "n_layers", "gk_size")
 EXECUTIONS = ("dense", "sparse")  # model.json's "path"
-FALLBACK_ANSWERS = ("glocalk", "biases")  # model.json's "fallback.answer"
+FALLBACK_ANSWERS = ("glocalk", "biases", "blend")  # model.json's "fallback.answer"
 FALLBACK_TENSORS = ("fallback.mu", "fallback.b_item", "fallback.b_user")
 
 
@@ -53,14 +53,17 @@ class Member:
 
 @dataclass
 class Fallback:
-    """``fallback="baseline"``'s choice, made on the validation ratings: the model that answers
-    ("glocalk" or "biases") and the validation-chosen bias model (internal units)."""
+    """``fallback="baseline"``'s or ``"blend"``'s choice, made on the validation ratings: the model that
+    answers ("glocalk", "biases" or "blend") and the validation-chosen bias model (internal units)."""
 
     answer: str
     mu: float
     b_item: np.ndarray  # (n_items,)
     b_user: np.ndarray  # (n_users,)
     info: dict = field(default_factory=dict)  # the regularisation chosen, both validation RMSEs
+    alpha: float | None = None
+    """With answer "blend": GLocal-K's weight in alpha * GLocal-K + (1 - alpha) * biases, in [0, 1]
+    (model.json's "fallback.alpha")."""
 
 
 @dataclass
@@ -150,9 +153,11 @@ def save_model(path: str | Path, model: SavedModel, extra_files: dict[str, str] 
         "metrics": model.metrics,
         "versions": versions(),
     }
-    if model.fallback is not None:  # only with fallback="baseline"
+    if model.fallback is not None:  # only with fallback="baseline" or "blend"
         fb = model.fallback
         meta["fallback"] = {"answer": fb.answer, **fb.info}
+        if fb.alpha is not None:
+            meta["fallback"]["alpha"] = fb.alpha
         tensors.update(zip(FALLBACK_TENSORS, (torch.tensor([fb.mu], dtype=torch.float64),
                                               torch.from_numpy(np.asarray(fb.b_item, dtype=np.float64)),
                                               torch.from_numpy(np.asarray(fb.b_user, dtype=np.float64))),
@@ -271,8 +276,15 @@ def _fallback(meta: dict, tensors: dict[str, torch.Tensor], shape: tuple[int, in
         raise CheckpointError(f"{weights}: the fallback's bias model does not fit a {shape[0]} x {shape[1]} model")
     if not all(np.isfinite(a).all() for a in (mu, b_item, b_user)):
         raise CheckpointError(f"{weights}: the fallback's bias model holds NaN or infinite values")
-    rest = {k: v for k, v in info.items() if k != "answer"}
-    return Fallback(info["answer"], float(mu[0]), b_item, b_user, rest)
+    alpha = None
+    if info["answer"] == "blend":
+        value = info.get("alpha")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise CheckpointError(f"{where}: fallback.alpha (the blend's weight of GLocal-K) must be a number "
+                                  f"in [0, 1], got {value!r}")
+        alpha = float(value)
+    rest = {k: v for k, v in info.items() if k not in ("answer", "alpha")}
+    return Fallback(info["answer"], float(mu[0]), b_item, b_user, rest, alpha)
 
 
 def _folded(meta: dict, tensors: dict[str, torch.Tensor], trained: tuple[np.ndarray, np.ndarray], n_hid: int,

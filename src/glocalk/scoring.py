@@ -9,6 +9,7 @@ effective weights (n_hid, n_users) and bias (n_users), so a score is H[i] . (W*K
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,10 @@ class Scorer:
     save -> load scores identically), and a regularised bias model of all training ratings is
     the fallback for unknown ids (``baseline``; index -1 marks an unknown id there). When the
     model's ``fallback`` chose the bias model (``answer == "biases"``), that validation-chosen bias
-    model answers everything: ``scores``, ``user_scores`` and the unknown-id ``baseline``.
+    model answers everything: ``scores``, ``user_scores`` and the unknown-id ``baseline``. When it
+    chose the blend (``answer == "blend"``), ``scores``, ``user_scores`` and ``block_scores`` are
+    alpha * the members' mean + (1 - alpha) * that bias model, each clipped to the training scale
+    first (``glocalk.comparison``), and the bias model alone answers unknown ids.
 
     Fold-in (``fold_in``, ``glocalk.fold_in``) extends the index spaces: new items are rows past the
     trained ones, new users columns past them; a model's stored ``folded`` part is re-applied on load.
@@ -70,15 +74,19 @@ class Scorer:
         self.mu, self.b_item, self.b_user = fit_biases(items, users, ratings, seen.shape,
                                                        (BASELINE_REG, BASELINE_REG), BASELINE_SWEEPS)
         self.biases_answer = False
+        self.alpha: float | None = None  # the blend's weight of GLocal-K; None: no blend
+        self.clip = tuple(float(x) for x in model.rating_scale)  # internal units: the blend's parts are clipped
         self.bias_regs = (BASELINE_REG, BASELINE_REG)
-        if model.fallback is not None and model.fallback.answer == "biases":
+        if model.fallback is not None and model.fallback.answer in ("biases", "blend"):
             self._use_biases(model.fallback)
         if model.folded is not None:
             f = model.folded
             self._extend(self._encoded(f.ratings, len(f.item_ids)), f.columns, (f.b_item, f.b_user))
 
     def _use_biases(self, fallback: Fallback) -> None:
-        self.biases_answer = True
+        """Answer with ``fallback``: its bias model alone, or blended with the members (answer "blend")."""
+        self.biases_answer = fallback.answer != "blend"
+        self.alpha = fallback.alpha if fallback.answer == "blend" else None
         self.mu, self.b_item, self.b_user = fallback.mu, fallback.b_item, fallback.b_user
         self.bias_regs = (float(fallback.info.get("reg_item", BASELINE_REG)),
                           float(fallback.info.get("reg_user", BASELINE_REG)))
@@ -126,7 +134,8 @@ class Scorer:
         self.b_user = np.concatenate([self.b_user, biases[1]])
 
     def answering_with(self, fallback: Fallback) -> Scorer:
-        """A copy of this scorer whose answers are ``fallback``'s bias model (the members are shared)."""
+        """A copy of this scorer whose answers are ``fallback``'s bias model, or with answer "blend" its
+        blend with the members (the members are shared)."""
         other = copy.copy(self)
         other._use_biases(fallback)
         return other
@@ -140,14 +149,15 @@ class Scorer:
             i, u = items[start: start + _CHUNK], users[start: start + _CHUNK]
             for h, w, b in self.factors:
                 out[start: start + len(i)] += np.einsum("nh,hn->n", h[i], w[:, u]) + b[u]
-        return self.rating_map.to_user(out / len(self.factors))
+        return self._blended(self.rating_map.to_user(out / len(self.factors)), lambda: self.baseline(items, users))
 
     def user_scores(self, u: int) -> np.ndarray:
         """The members' mean score of every item for user index ``u``: (n_items,)."""
         if self.biases_answer:
             return self.mu + self.b_item + self.b_user[u]
-        return self.rating_map.to_user(np.mean([h @ w[:, u] + b[u] for h, w, b in self.factors], axis=0,
+        mean = self.rating_map.to_user(np.mean([h @ w[:, u] + b[u] for h, w, b in self.factors], axis=0,
                                                dtype=np.float64))
+        return self._blended(mean, lambda: self.mu + self.b_item + self.b_user[u])
 
     def block_scores(self, users: np.ndarray) -> np.ndarray:
         """The members' mean score of every item for each user index in ``users``: (len(users), n_items).
@@ -159,7 +169,15 @@ class Scorer:
         out = np.zeros((len(users), len(self.b_item)), dtype=np.float64)
         for h, w, b in self.factors:
             out += (h @ w[:, users]).T + b[users, None]  # (n_users_block, n_items)
-        return self.rating_map.to_user(out / len(self.factors))
+        return self._blended(self.rating_map.to_user(out / len(self.factors)),
+                             lambda: self.mu + self.b_item[None, :] + self.b_user[users, None])
+
+    def _blended(self, members: np.ndarray, biases: Callable[[], np.ndarray]) -> np.ndarray:
+        """``members`` as they are, or with a blend alpha * members + (1 - alpha) * ``biases()``, both clipped."""
+        if self.alpha is None:
+            return members
+        lo, hi = self.clip
+        return self.alpha * np.clip(members, lo, hi) + (1.0 - self.alpha) * np.clip(biases(), lo, hi)
 
     def baseline(self, items: np.ndarray, users: np.ndarray) -> np.ndarray:
         """mu + b_item + b_user, leaving out the bias of an unknown (-1) index."""

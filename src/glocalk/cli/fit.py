@@ -28,6 +28,7 @@ from glocalk.cli.options import (
 )
 from glocalk.compare.report import mean_std
 from glocalk.compare.validation import REPORT, TEST_FRAC, FitConfig, fit_and_report, partial_dir
+from glocalk.comparison import FALLBACKS
 from glocalk.data.readers import Ratings, read_pairs
 from glocalk.errors import ConfigError, DataError
 from glocalk.estimator import GLocalKRecommender
@@ -187,7 +188,7 @@ def _register_fit(sub) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=[*sorted(PRESETS), AUTO], default=None,
                    help="default (no --preset): the own-data default: --preset auto on a --val-frac validation "
-                        "split (default 0.1) with --fallback baseline. A paper preset (ml-100k, ml-1m, douban): its "
+                        "split (default 0.1) with --fallback blend. A paper preset (ml-100k, ml-1m, douban): its "
                         "published hyperparameters, no validation split unless --val-frac, no fallback unless "
                         "--fallback. auto: try ml-100k's preset, then stronger regularisation and smaller hidden "
                         "layers, each on the same validation split with early stopping, and keep the lowest "
@@ -201,12 +202,14 @@ def _register_fit(sub) -> None:
     m.add_argument("--rating-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help="the rating scale predictions are clipped to; ratings outside it are an error (default: the "
                         "min and max of the training ratings)")
-    m.add_argument("--fallback", choices=["none", "baseline"], default=None,
+    m.add_argument("--fallback", choices=FALLBACKS, default=None,
                    help="every fit with a validation split also fits the user + item bias model on the same "
                         "split and reports both (printed, and in MODEL_DIR/report.json under comparison); "
                         "baseline: the saved model answers with whichever is better on the validation ratings "
-                        "(needs a validation split); none: GLocal-K answers. Default: baseline without "
-                        "--preset, none with one")
+                        "(needs a validation split); blend: with alpha x GLocal-K + (1 - alpha) x the bias "
+                        "model, alpha in [0, 1] fitted by least squares on the validation ratings (needs a "
+                        "validation split); none: GLocal-K answers. Default: blend without --preset, none "
+                        "with one")
     add_reader_options(p)
     add_training_run(p)
     add_nproc(p)

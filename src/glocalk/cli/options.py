@@ -22,7 +22,7 @@ from glocalk.distributed import SHARDABLE_OPTIMIZERS, ProcessGroup
 from glocalk.errors import ConfigError
 from glocalk.presets import PRESETS
 from glocalk.store import write_atomic
-from glocalk.train import resolve_device
+from glocalk.train import DEFAULT_OPTIMIZER, resolve_device
 
 # Hyperparameters every training command accepts as overrides of a preset: (flag, key, type, help).
 HYPERPARAMETERS: list[tuple[str, str, type, str]] = [
@@ -35,6 +35,8 @@ HYPERPARAMETERS: list[tuple[str, str, type, str]] = [
     ("--dot-scale", "dot_scale", float, "scale of the global kernel's dot product"),
     ("--gk-norm", "gk_norm", str, "'paper' (as published) or 'sqrt' (divide the global kernel by "
                                   "sqrt(n_items); fixes the ML-1M fine-tuning collapse)"),
+    ("--output-bias", "output_bias", str, "initial output bias: 'glorot' (as published) or 'mean' (the training "
+                                          "mean: users without training ratings start at the mean)"),
     ("--iter-p", "iter_p", int, "L-BFGS iterations per pre-training epoch"),
     ("--iter-f", "iter_f", int, "L-BFGS iterations per fine-tuning epoch"),
     ("--epoch-p", "epoch_p", int, "pre-training epochs"),
@@ -76,8 +78,9 @@ def add_execution(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    help="execution path: dense O(items*users) or sparse O(nnz) maths, same results "
                         "(default auto: by size and density)")
     e.add_argument("--optimizer", choices=["scipy", "lbfgsb", "torch"], default=None,
-                   help="scipy: L-BFGS-B as the original code (default); lbfgsb: the same L-BFGS-B "
-                        "(SciPy's iterates) in torch on --device, no host copies; torch: torch.optim.LBFGS "
+                   help="lbfgsb: SciPy's L-BFGS-B (its iterates) in torch on --device, float32 state, no host "
+                        "copies (default); scipy: SciPy's L-BFGS-B on the host in float64, as the original "
+                        "code; torch: torch.optim.LBFGS "
                         "with strong Wolfe line search (stays on the GPU)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -220,7 +223,7 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def execution(args: argparse.Namespace) -> dict:
     """--path, --optimizer and --threads with the library's defaults filled in where not given."""
-    return {"path": args.path or "auto", "optimizer": args.optimizer or "scipy", "threads": args.threads}
+    return {"path": args.path or "auto", "optimizer": args.optimizer or DEFAULT_OPTIMIZER, "threads": args.threads}
 
 
 def epoch_summary(rec: dict) -> dict[str, str]:
@@ -292,7 +295,8 @@ def auto_lines(auto: dict) -> list[str]:
     lines = [f"--preset auto: {len(auto['candidates'])} candidates on the validation split (budget "
              f"{auto['budget_minutes']:g} min{', reached' if auto['stopped_by_budget'] else ''}):"]
     for k, c in enumerate(auto["candidates"]):
-        params = ", ".join(f"{key}={value:g}" for key, value in c["params"].items()) or "the preset (ml-100k)"
+        params = ", ".join(f"{key}={value:g}" if isinstance(value, (int, float)) else f"{key}={value}"
+                       for key, value in c["params"].items()) or "the preset (ml-100k)"
         val = "failed" if c["val_rmse"] is None else f"{c['val_rmse']:.4f}"
         mark = " <- chosen" if k == auto["chosen"] else ""
         lines.append(f"  {k}: {params:<28} val RMSE {val}, {c['epochs']} epochs, {c['seconds']:.0f} s{mark}")
@@ -312,6 +316,12 @@ def comparison_lines(comparison: dict) -> list[str]:
         text = f"  {label:<8} validation {_metric_text(figures['val'])}"
         if "test" in figures:
             text += f"; test RMSE {figures['test']['rmse']:.4f}"
+        lines.append(text)
+    if "blend" in comparison:  # a fit's record: the validation-weighted blend of the two
+        blend = comparison["blend"]
+        text = f"  blend    validation {_metric_text(blend['val'])} ({blend['alpha']:.3f} x GLocal-K)"
+        if "test" in blend:
+            text += f"; test RMSE {blend['test']['rmse']:.4f}"
         lines.append(text)
     if "warning" in comparison:
         lines.append(f"WARNING: {comparison['warning']}")

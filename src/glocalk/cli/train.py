@@ -23,7 +23,7 @@ from glocalk.cli.options import (
     progress,
 )
 from glocalk.compare.report import epoch_table, load_summary, mean_std, results_table
-from glocalk.comparison import FALLBACKS, compare_runs
+from glocalk.comparison import FALLBACKS, TRAIN_BLEND, compare_runs
 from glocalk.data import datasets
 from glocalk.data.matrix import RatingMatrix
 from glocalk.distributed import ProcessGroup
@@ -81,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _own_data_defaults(args)
     if args.patience is not None and not args.val_frac:
         raise ConfigError("--patience needs a validation split (--val-frac)")
+    if args.fallback == "blend":  # before any training: the per-seed comparison cannot fit a blend
+        raise ConfigError(TRAIN_BLEND)
     if args.fallback == "baseline" and not args.val_frac:
         raise ConfigError("--fallback baseline chooses on validation ratings: it needs a validation split (--val-frac)")
     _check_auto(args)
@@ -98,7 +100,7 @@ def _train(args: argparse.Namespace, writer: bool = True, stamp: str | None = No
     if not args.quiet:
         print(data.summary(), file=sys.stderr)
     on_epoch, close = progress(params["epoch_p"] + params["epoch_f"], len(args.seed), args.quiet)
-    auto = None
+    auto, t0 = None, time.perf_counter()
     try:
         if args.preset == AUTO:
             auto = _search(args, data, params, on_epoch)
@@ -112,6 +114,7 @@ def _train(args: argparse.Namespace, writer: bool = True, stamp: str | None = No
         close()
     if auto is not None:  # the search's record, next to the runs of its choice
         summary["auto"] = auto.json_entry()
+        summary["wall_time_s"] = time.perf_counter() - t0  # the search included (it trained the first seed)
     if args.val_frac and summary.get("runs"):  # never silently worse than a bias model (issue 10, item 3)
         summary["comparison"] = compare_runs(data, args.val_frac, summary["runs"], args.fallback)
     if not writer:
@@ -128,7 +131,9 @@ def _own_data_defaults(args: argparse.Namespace) -> None:
     """--mat without --preset: the own-data default (autoconfig.own_data_defaults); a paper dataset
     (--dataset) or a named preset: exactly as given (its preset; no validation split or fallback unless asked)."""
     if args.mat:
-        run = own_data_defaults(args.preset, args.val_frac, args.fallback)
+        # train cannot blend (comparison.TRAIN_BLEND): its own-data default answers with the better of the two.
+        fallback = "baseline" if args.fallback is None and args.preset is None else args.fallback
+        run = own_data_defaults(args.preset, args.val_frac, fallback)
         args.preset, args.val_frac, args.fallback = run.preset, run.val_frac, run.fallback
     elif args.fallback is None:
         args.fallback = "none"
@@ -182,8 +187,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fallback", choices=FALLBACKS, default=None,
                    help="with a validation split, every run is compared with the user + item bias model fitted "
                         "on the same split (summary.json's comparison); baseline: the answer is whichever is "
-                        "better on validation (comparison.answer_test). Default: baseline for --mat without "
-                        "--preset, else none")
+                        "better on validation (comparison.answer_test); blend (glocalk fit only): refused here, "
+                        "as train keeps no validation predictions to fit the blend's weight to. Default: baseline "
+                        "for --mat without --preset, else none")
     add_budget(p)
     add_data_location(p)
     p.add_argument("--seed", type=int, nargs="+", default=[1], help="one or more seeds (default 1)")
