@@ -224,7 +224,8 @@ def main() -> None:
         Path(args.out).with_suffix(".md").write_text(render(json.loads(Path(args.out).read_text())))
         return
     flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                     for k, v in vars(args).items() if v not in (None, False))
+                     for k, v in vars(args).items() if v is not None and v is not False and k != "render_only"
+                     and not (k == "dataset" and args.synthetic))
     command = f"python benchmarks/distributed.py {flags}".replace("--merge True", "--merge")
     out = Path(args.out)
     report = json.loads(out.read_text()) if args.merge and out.exists() else {"runs": {}}

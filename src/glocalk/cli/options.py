@@ -105,8 +105,8 @@ def add_nproc(p: argparse.ArgumentParser) -> None:
     """--nproc: train sharded over users in N local processes (``glocalk.cli.app`` spawns them)."""
     p.add_argument("--nproc", type=positive_int, default=None,
                    help="train sharded over users in N local processes (torch.distributed; each holds ~1/N of "
-                        "the user-sized weights; needs --optimizer lbfgsb); on several machines launch with "
-                        "torchrun instead (docs/DISTRIBUTED.md)")
+                        "the user-sized weights; needs --optimizer lbfgsb, the default); on several machines "
+                        "launch with torchrun instead (docs/DISTRIBUTED.md)")
 
 
 @contextmanager
