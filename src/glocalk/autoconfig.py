@@ -38,8 +38,8 @@ OWN_DATA_FALLBACK = "blend"
 AUTO_PATIENCE = 5  # early stopping on validation when no --patience is given
 # Overrides of the preset, tried in this order after it: the output bias started at the training mean
 # (users without training ratings are then predicted the mean: ML-100K at 10% of its ratings, validation
-# RMSE 1.125 -> 1.031; at full density a tie, 0.8853 vs 0.8855; BENCHMARKS.md), stronger lambda_2 (the
-# sparse-data finding), alone and with it, then smaller hidden layers.
+# RMSE 1.125 -> 1.065; at full density it is worse, 0.882 -> 0.887, so validation decides; BENCHMARKS.md),
+# stronger lambda_2 (the sparse-data finding), alone and with it, then smaller hidden layers.
 CANDIDATES: tuple[dict, ...] = (
     {},
     {"output_bias": "mean"},
