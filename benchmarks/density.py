@@ -207,29 +207,49 @@ def summary_table(results: list[dict], models: list[str]) -> str:
 
 
 def plot(results: list[dict], models: list[str], path: Path) -> None:
-    """Test RMSE against density (log x), one line per model, ± std error bars."""
+    """Test RMSE against density (log x), one line per model, ± std error bars; the right panel zooms
+    in on the baselines' range (GLocal-K's very sparse rows can lie far above it)."""
     import matplotlib  # optional dependency
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     results = sorted(results, key=lambda r: r["density"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    zoom: list[float] = []
     for m in (*models, ANSWER):
         pts = [(r["density"], r["summary"][m]["rmse"]) for r in results if m in r["summary"]]
         if m not in LABELS or not pts:
             continue
-        ax.errorbar([100 * d for d, _ in pts], [e["mean"] for _, e in pts], yerr=[e["std"] for _, e in pts],
-                    label=LABELS[m], marker="o", capsize=3, linestyle="--" if m == ANSWER else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("density of the training ratings (%)")
-    ax.set_ylabel("test RMSE (validation-selected)")
-    ax.set_title(f"{results[0]['dataset']}: training ratings subsampled")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+        if m in ("biases", "biased-mf", ANSWER):
+            zoom += [e["mean"] + s * e["std"] for _, e in pts for s in (-1, 1)]
+        for ax in axes:
+            ax.errorbar([100 * d for d, _ in pts], [e["mean"] for _, e in pts], yerr=[e["std"] for _, e in pts],
+                        label=LABELS[m], marker="o", capsize=3, linestyle="--" if m == ANSWER else "-")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
+        ax.set_xlabel("density of the training ratings")
+        ax.set_ylabel("test RMSE (validation-selected)")
+        ax.grid(True, which="both", alpha=0.3)
+    if zoom:
+        pad = 0.25 * (max(zoom) - min(zoom)) + 0.005
+        axes[1].set_ylim(min(zoom) - pad, max(zoom) + pad)
+    axes[0].set_title(f"{results[0]['dataset']}, training ratings subsampled")
+    axes[1].set_title("zoomed on the baselines (mean ± std over seeds)")
+    axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def tabulate(setup: Setup) -> None:
+    """summary.md and density.png from every fraction's results.json in OUT."""
+    results = [json.loads(p.read_text()) for p in sorted(setup.out.glob("*/results.json"))]
+    results = [r for r in results if "per_seed" in r]  # this script's records only
+    (setup.out / "summary.md").write_text(summary_table(results, setup.models))
+    plot(results, setup.models, setup.out / "density.png")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -247,6 +267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="default docs/benchmarks/density-DATASET")
     p.add_argument("--work", default=None, help="the harness's files; default runs/density-DATASET")
+    p.add_argument("--tabulate", action="store_true", help="run nothing: rewrite summary.md and density.png from "
+                                                           "OUT's results")
     return p.parse_args(argv)
 
 
@@ -255,13 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     setup = Setup(args.dataset, args.seed, args.models, args.val_frac, args.budget, args.threads,
                   Path(args.out or f"docs/benchmarks/density-{args.dataset}"),
                   Path(args.work or f"runs/density-{args.dataset}"))
-    base = load_dataset(args.dataset, data_dir=args.data_dir)
-    for fraction in args.fractions:
-        run_fraction(base, fraction, setup)
-        results = [json.loads(p.read_text()) for p in sorted(setup.out.glob("*/results.json"))]
-        results = [r for r in results if "per_seed" in r]  # this script's records only
-        (setup.out / "summary.md").write_text(summary_table(results, setup.models))
-        plot(results, setup.models, setup.out / "density.png")
+    if not args.tabulate:
+        base = load_dataset(args.dataset, data_dir=args.data_dir)
+        for fraction in args.fractions:
+            run_fraction(base, fraction, setup)
+            tabulate(setup)  # after every fraction: an interrupted run keeps its table
+    tabulate(setup)
     print((setup.out / "summary.md").read_text())
 
 
