@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from glocalk.autoconfig import OWN_DATA_VAL_FRAC, base_params, search
-from glocalk.compare.harness import MODELS, BenchmarkConfig, benchmark_split, run_benchmark
+from glocalk.compare.harness import CURVE_KEYS, MODELS, BenchmarkConfig, benchmark_split, run_benchmark
 from glocalk.comparison import compare_runs
 from glocalk.data.datasets import load_dataset
 from glocalk.data.matrix import RatingMatrix
@@ -89,7 +89,8 @@ def default_run(data: RatingMatrix, seed: int, setup: Setup) -> dict:
     return {"model": DEFAULT, "seed": seed, **setup.identity(), "train_fingerprint": split.fingerprint(),
             "n_train": int(split.train.nnz), "n_val": int(split.val.nnz), "val_selected": selected,
             "auto": auto.json_entry(), "comparison": comparison, "wall_time_s": time.perf_counter() - t0,
-            "load_avg": os.getloadavg()}
+            "load_avg": os.getloadavg(),
+            "history": [{k: rec[k] for k in CURVE_KEYS if k in rec} for rec in auto.record.history]}
 
 
 def _progress(label: str):
