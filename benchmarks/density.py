@@ -185,8 +185,11 @@ def run_fraction(base: RatingMatrix, fraction: float, setup: Setup) -> dict:
     return write(True)
 
 
-def _cell(entry: dict | None) -> str:
-    return "–" if entry is None else f"{entry['rmse']['mean']:.4f} ± {entry['rmse']['std']:.4f}"
+def _cell(entry: dict | None, n_seeds: int) -> str:
+    if entry is None:
+        return "–"
+    fewer = f" (n={entry['rmse']['n']})" if entry["rmse"]["n"] != n_seeds else ""  # an unfinished row says so
+    return f"{entry['rmse']['mean']:.4f} ± {entry['rmse']['std']:.4f}{fewer}"
 
 
 def summary_table(results: list[dict], models: list[str]) -> str:
@@ -201,7 +204,7 @@ def summary_table(results: list[dict], models: list[str]) -> str:
         seeds = sorted({r["seed"] for rs in rows.values() for r in rs})
         lines.append(f"| {res['fraction']:.0%} | {res['density']:.2%} | {','.join(map(str, seeds))}"
                      f"{'' if res['complete'] else ' (unfinished)'} | "
-                     + " | ".join(_cell(res["summary"].get(m)) for m in cols)
+                     + " | ".join(_cell(res["summary"].get(m), len(seeds)) for m in cols)
                      + f" | {', '.join(f'{a} {answers.count(a)}/{len(answers)}' for a in sorted(set(answers)))}"
                      + f" | {'; '.join(chosen)} |")
     return "\n".join(lines) + "\n"
@@ -249,6 +252,8 @@ def tabulate(setup: Setup) -> None:
     """summary.md and density.png from every fraction's results.json in OUT."""
     results = [json.loads(p.read_text()) for p in sorted(setup.out.glob("*/results.json"))]
     results = [r for r in results if "per_seed" in r]  # this script's records only
+    if not results:
+        raise SystemExit(f"no results of this script in {setup.out}/*/results.json")
     (setup.out / "summary.md").write_text(summary_table(results, setup.models))
     plot(results, setup.models, setup.out / "density.png")
 
