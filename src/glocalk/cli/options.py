@@ -294,12 +294,13 @@ def auto_lines(auto: dict) -> list[str]:
     """The --preset auto search as printed: one row per candidate, the chosen one marked."""
     lines = [f"--preset auto: {len(auto['candidates'])} candidates on the validation split (budget "
              f"{auto['budget_minutes']:g} min{', reached' if auto['stopped_by_budget'] else ''}):"]
-    for k, c in enumerate(auto["candidates"]):
-        params = ", ".join(f"{key}={value:g}" if isinstance(value, (int, float)) else f"{key}={value}"
-                       for key, value in c["params"].items()) or "the preset (ml-100k)"
+    labels = [", ".join(f"{key}={value:g}" if isinstance(value, (int, float)) else f"{key}={value}"
+                        for key, value in c["params"].items()) or "the preset (ml-100k)" for c in auto["candidates"]]
+    width = max(map(len, labels), default=0)
+    for k, (c, params) in enumerate(zip(auto["candidates"], labels, strict=True)):
         val = "failed" if c["val_rmse"] is None else f"{c['val_rmse']:.4f}"
         mark = " <- chosen" if k == auto["chosen"] else ""
-        lines.append(f"  {k}: {params:<28} val RMSE {val}, {c['epochs']} epochs, {c['seconds']:.0f} s{mark}")
+        lines.append(f"  {k}: {params:<{width}}  val RMSE {val}, {c['epochs']} epochs, {c['seconds']:.0f} s{mark}")
     return lines
 
 
