@@ -22,7 +22,7 @@ from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingErro
 from glocalk.metrics import evaluate as evaluate_metrics
 from glocalk.own_data import read_test, unknown_message
 from glocalk.scoring import Scorer
-from glocalk.topn import rank_all, rank_items
+from glocalk.topn import check_k, rank_all, rank_items
 
 UNKNOWN_POLICIES = ("error", "baseline")
 
@@ -102,8 +102,7 @@ class Answering:
         """
         self._check_fitted()
         policy = self._policy(unknown)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
+        check_k(k)
         u = int(self._ids.lookup(np.array([user]), "user")[0])
         exclude = None
         if u < 0:
@@ -142,8 +141,7 @@ class Answering:
         Returns columns user, item, score, rank (users in index order).
         """
         self._check_fitted()
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
+        check_k(k)
 
         def check(raw: np.ndarray, u: np.ndarray) -> None:
             if not np.isfinite(raw).all():

@@ -16,10 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from glocalk.errors import ConfigError
 from glocalk.scoring import Scorer, top_k
 
 # Checks the scores of a block before ranking: (raw scores, user indices) -> None or an exception.
 CheckScores = Callable[[np.ndarray, np.ndarray], None]
+
+
+def check_k(k: object) -> None:
+    """A ConfigError unless ``k`` (how many items to recommend) is a positive integer."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k (-k) must be a positive integer, got {k!r}")
 
 
 def rank_items(raw: np.ndarray, exclude: np.ndarray | None, k: int, clip: tuple[float, float]) -> np.ndarray:
