@@ -113,6 +113,69 @@ def test_device_lbfgsb_follows_scipy_on_a_small_run_and_leaves_parameters_their_
     assert len({p.untyped_storage().data_ptr() for p in params}) == len(params), "parameters share storage"
 
 
+def test_at_last_pass_says_whether_the_result_is_the_point_evaluated_last():
+    """lbfgsb's "at_last_pass" is true exactly when the parameters it ends with are those of loss_fn's last
+    call: checked against the values loss_fn saw, on a run that ends after a line search (true) and on one
+    whose last line search fails and is undone (false: SciPy's ABNORMAL end goes back to the start)."""
+    a = torch.diag(torch.tensor([1.0, 10.0, 100.0]))
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    seen = []
+
+    def loss_fn():
+        seen.append(p.detach().clone())
+        return 0.5 * p @ a @ p
+
+    out = lbfgs_epoch([p], loss_fn, max_iter=3, optimizer="lbfgsb")
+    assert out["at_last_pass"] is True and torch.equal(seen[-1], p.detach())
+
+    q = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+
+    def nowhere_better():  # a gradient that points uphill: every step is worse, the line search fails
+        seen.append(q.detach().clone())
+        return _uphill(q)
+
+    seen.clear()
+    start = q.detach().clone()
+    out = lbfgs_epoch([q], nowhere_better, max_iter=5, optimizer="lbfgsb")
+    assert torch.equal(q.detach(), start), "the failed search must go back to the start"
+    assert len(seen) > 2 and not torch.equal(seen[1], start), "the search must have evaluated elsewhere"
+    assert out["at_last_pass"] is False
+
+
+def _uphill(q):
+    """f = |q|^2 with a reported gradient of the wrong sign (custom backward): no step decreases f."""
+
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return (x * x).sum()
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return -2 * x * g
+
+    return Wrong.apply(q)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgsb", "torch", "scipy"])
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_epoch_metrics_equal_a_fresh_evaluation_at_the_final_weights(optimizer, path):
+    """The evaluation after an epoch may reuse the last training pass's hidden layer; its metrics must be those
+    of encoding the input anew at the epoch's final weights (the reference: ``evaluate`` outside an epoch)."""
+    data = synthetic(seed=1)
+    tc = TrainConfig(epoch_p=2, epoch_f=2, iter_p=4, iter_f=3, path=path, seed=3, optimizer=optimizer)
+    trainer = Trainer(data, GLocalKConfig(n_hid=12, n_dim=3, lambda_2=5.0, lambda_s=0.006), tc)
+    for epoch in range(1, 5):
+        rec = trainer._epoch(epoch)
+        trainer.history.append(rec)
+        fresh = trainer.evaluate(trainer.stage_of(epoch)[0])
+        for key in ("train_rmse", "test_rmse", "test_mae", "test_ndcg"):
+            assert rec[key] == pytest.approx(fresh[key], rel=1e-6, abs=1e-9), f"epoch {epoch} {key}"
+    assert "at_last_pass" not in rec, "the flag is internal, not an epochs.jsonl key"
+
+
 def test_lbfgs_epoch_rejects_unknown_optimizer():
     p = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(ConfigError, match="optimizer"):
@@ -310,14 +373,14 @@ def test_with_validation_only_splits_training_ratings():
 def test_nan_loss_raises_naming_stage_and_epoch(nan_epoch):
     data = synthetic(seed=5, n_items=15, n_users=12)
     tr = Trainer(data, GLocalKConfig(**SMALL_MODEL), TrainConfig(epoch_p=3, epoch_f=2, iter_p=2, iter_f=2))
-    original = tr.model.loss
+    original = tr.model.loss_and_hidden  # the trainer's pass
     state = {"nan": False}
 
-    def loss(inp, stage):
-        out = original(inp, stage)
-        return out * float("nan") if state["nan"] else out
+    def loss_and_hidden(inp, stage):
+        out, h, weights = original(inp, stage)
+        return (out * float("nan") if state["nan"] else out), h, weights
 
-    tr.model.loss = loss
+    tr.model.loss_and_hidden = loss_and_hidden
 
     def on_epoch(rec):
         if rec["epoch"] == nan_epoch - 1:

@@ -361,13 +361,18 @@ class GLocalK(nn.Module):
 
         x = R in stage 1 (pre-training) and R_hat = relu(conv2d(R, g)) in stage 2.
         """
+        return self.loss_and_hidden(data, stage)[0]
+
+    def loss_and_hidden(self, data, stage: Stage) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """(``loss``, and the pass's ``hidden_representation``: the last hidden layer and the layers' weights),
+        so that a trainer can predict at the weights of its last pass without encoding the input again."""
         weights, reg = self.weights()
         h = self.encode(self.network_input(data, stage, weights), weights)  # (n_items, n_hid)
         if data.is_sparse:
             err = data.values - self.decode_at(h, weights, data.pattern)  # (nnz,)
         else:
             err = data.mask * (data.dense - self.decode(h, weights))  # (n_items, n_users)
-        return 0.5 * (err * err).sum() + reg
+        return 0.5 * (err * err).sum() + reg, h, weights
 
     @torch.no_grad()
     def hidden_representation(self, data, stage: Stage) -> tuple[torch.Tensor, list]:
