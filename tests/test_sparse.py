@@ -142,6 +142,26 @@ def test_sampled_mm_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, y: sampled_mm(x, y, p), (a, b), eps=1e-6, atol=1e-7)
 
 
+def test_sampled_mm_with_bias_equals_dense_affine_map_and_gradchecks():
+    """bias adds bias[j] to every entry of column j: against the dense (a @ b + bias) at the pattern, and the
+    bias's gradient (the gradient's column sums) by gradcheck, empty rows and columns included."""
+    m = random_csr(6, 7, 0.4, seed=10, empty_rows=(0,), empty_cols=(3,))
+    p = SparsePattern.from_scipy(m)
+    coo = m.tocoo()
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(3, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(7, dtype=torch.float64, generator=gen, requires_grad=True)
+    out = sampled_mm(a, b, p, bias=bias)
+    dense = a.detach().numpy() @ b.detach().numpy() + bias.detach().numpy()[None, :]
+    np.testing.assert_allclose(out.detach().numpy(), dense[coo.row, coo.col], rtol=1e-12, atol=1e-12)
+    weights = torch.randn(m.nnz, dtype=torch.float64, generator=gen)
+    (out * weights).sum().backward()
+    expected = np.bincount(coo.col, weights=weights.numpy(), minlength=7)  # column sums, by hand
+    np.testing.assert_allclose(bias.grad.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, y, z: sampled_mm(x, y, p, bias=z), (a, b, bias), eps=1e-6, atol=1e-7)
+
+
 def test_sparse_backward_equals_dense_autograd():
     """Gradients of a scalar built from both products equal those of the dense masked computation."""
     m = random_csr(10, 8, 0.3, seed=9, empty_rows=(5,), empty_cols=(1, 6))

@@ -326,10 +326,7 @@ class GLocalK(nn.Module):
     def decode_at(self, h: torch.Tensor, weights, pattern: SparsePattern) -> torch.Tensor:
         """Output only at the entries of ``pattern`` (CSR order), (nnz,): an SDDMM, O(nnz * n_hid)."""
         w, b = weights[-1]
-        # The bias rides along as an extra hidden unit fixed at 1: its gradient then comes out of
-        # the (deterministic) CSR product, not a multithreaded scatter-add over nnz entries.
-        ones = torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)
-        return sampled_mm(torch.cat([h, ones], 1), torch.cat([w, b[None, :]], 0), pattern)
+        return sampled_mm(h, w, pattern, bias=b)
 
     def item_means(self, h: torch.Tensor, weights) -> torch.Tensor:
         """Mean over users of the output, (n_items,), without the dense output.

@@ -247,24 +247,35 @@ def _scatter(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
 
 class _SampledMM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, pattern):  # noqa: D102
-        ctx.save_for_backward(a, b)
-        ctx.pattern = pattern
-        return sampled_values(pattern, a, b)
+    def forward(ctx, a, b, bias, pattern):  # noqa: D102
+        # b as a row-major (k, n_cols)^T copy: the SDDMM reads b by columns and the backward's CSR product
+        # needs b^T contiguous; one transpose here serves both (torch would otherwise copy inside each).
+        b_t = b.T.contiguous()  # (n_cols, k)
+        ctx.save_for_backward(a, b_t)
+        ctx.pattern, ctx.has_bias = pattern, bias is not None
+        out = sampled_values(pattern, a, b_t.T)
+        if bias is not None:
+            out = out.add_(bias.index_select(0, pattern.col))  # bias[col] per entry
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        a, b = ctx.saved_tensors
+        a, b_t = ctx.saved_tensors
         pattern = ctx.pattern
         grad = grad.contiguous()
-        g_a = g_b = None
+        g_a = g_b = g_bias = None
         if ctx.needs_input_grad[0]:
-            g_a = csr_mm(pattern.matrix(grad), b.T)  # (n_rows, k)
-        if ctx.needs_input_grad[1]:
-            # Row-major (k, n_cols) like b: the elementwise backward ops downstream (the kernel layer's)
-            # would otherwise walk a transposed view, several times slower than one copy here.
-            g_b = csr_mm(pattern.matrix_t(grad), a).T.contiguous()  # (k, n_cols)
-        return g_a, g_b, None
+            g_a = csr_mm(pattern.matrix(grad), b_t)  # (n_rows, k)
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            m_t = pattern.matrix_t(grad)  # (n_cols, n_rows)
+            if ctx.needs_input_grad[1]:
+                # Row-major (k, n_cols) like b: the elementwise backward ops downstream (the kernel layer's)
+                # would otherwise walk a transposed view, several times slower than one copy here.
+                g_b = csr_mm(m_t, a).T.contiguous()  # (k, n_cols)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                # Column sums of the gradient by a CSR product (deterministic, unlike a scatter-add over nnz).
+                g_bias = torch.mv(m_t, torch.ones(pattern.shape[0], dtype=grad.dtype, device=grad.device))
+        return g_a, g_b, g_bias, None
 
 
 def spmm(values: torch.Tensor, dense: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
@@ -277,9 +288,13 @@ def spmm(values: torch.Tensor, dense: torch.Tensor, pattern: SparsePattern) -> t
     return _SpMM.apply(values, dense, pattern)
 
 
-def sampled_mm(a: torch.Tensor, b: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
-    """(a @ b) at the entries of ``pattern`` (CSR order), differentiable in ``a`` and ``b``."""
-    return _SampledMM.apply(a, b, pattern)
+def sampled_mm(a: torch.Tensor, b: torch.Tensor, pattern: SparsePattern,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(a @ b + bias) at the entries of ``pattern`` (CSR order), differentiable in ``a``, ``b`` and ``bias``.
+
+    ``bias``: one value per column of the product (n_cols,), added to every entry of its column.
+    """
+    return _SampledMM.apply(a, b, bias, pattern)
 
 
 class ConvPlan:
