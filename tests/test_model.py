@@ -32,7 +32,7 @@ from torch import nn
 from glocalk.cli import main
 from glocalk.errors import ConfigError
 from glocalk.inputs import prepare_input
-from glocalk.model import GLocalK, GLocalKConfig, KernelLayer, Stage
+from glocalk.model import GLocalK, GLocalKConfig, KernelLayer, Stage, local_kernel
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -251,6 +251,20 @@ def test_fused_kernel_weight_equals_plain_autograd():
     assert r_f.item() == pytest.approx(r_p.item(), rel=1e-13), "regulariser"
     for name, a, b in zip("Wuv", g_f, g_p, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"gradient of {name}")
+
+
+def test_local_kernel_is_bit_for_bit_the_expanded_distance_form():
+    """K's rounding is part of every frozen result (tests/golden): the in-place form must give exactly
+    max(0, 1 - (|u|^2 + |v|^2 - 2 u.v)) in float32, computed here the plain way, at several scales of u, v."""
+    gen = torch.Generator().manual_seed(6)
+    for scale in (1e-3, 0.4, 2.0):
+        u, v = torch.randn(37, 5, generator=gen) * scale, torch.randn(23, 5, generator=gen) * scale
+        dist2 = ((u * u).sum(1, keepdim=True) + (v * v).sum(1)) - 2.0 * (u @ v.T)
+        expanded = torch.clamp(1.0 - dist2, min=0.0)
+        k = local_kernel(u, v)
+        assert torch.equal(k, torch.clamp(1.0 - torch.addmm((u * u).sum(1, keepdim=True) + (v * v).sum(1), u, v.T,
+                                                                 alpha=-2.0), min=0.0)), f"scale {scale}"
+        torch.testing.assert_close(k, expanded, rtol=0, atol=1e-6)
 
 
 def test_kernel_layer_hand_computed_n_dim_1():

@@ -113,11 +113,13 @@ def local_kernel(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     The one computation of K: the plain layer differentiates it with autograd, the fused weight
     calls it inside its own forward.
     """
-    # ||u_i - v_j||^2 = |u_i|^2 + |v_j|^2 - 2 u_i.v_j: (n_in, n_out) memory instead of (n_in, n_out, d).
-    dist2 = torch.addmm((u * u).sum(1, keepdim=True) + (v * v).sum(1), u, v.T, alpha=-2.0)  # (n_in, n_out)
+    # -||u_i - v_j||^2 = -(|u_i|^2 + |v_j|^2) + 2 u_i.v_j: (n_in, n_out) memory instead of (n_in, n_out, d).
+    # The GEMM accumulates into the broadcast sum in place (no copy of it), and negating C and alpha
+    # gives exactly -dist2 (rounding is symmetric), so K is bit for bit that of 1 - (|u|^2 + |v|^2 - 2 u.v).
+    neg_dist2 = torch.sub(-(u * u).sum(1, keepdim=True), (v * v).sum(1))  # (n_in, n_out)
     # 1 - dist2 and the clamp in place: no further (n_in, n_out) buffers. Autograd allows it: the
-    # backwards of addmm, neg and add do not need their outputs, relu's uses its own.
-    return dist2.neg_().add_(1.0).relu_()
+    # backwards of addmm and add do not need their outputs, relu's uses its own.
+    return neg_dist2.addmm_(u, v.T, alpha=2.0).add_(1.0).relu_()
 
 
 class KernelLayer(nn.Module):
@@ -192,8 +194,9 @@ class _KernelWeight(torch.autograd.Function):
     def backward(ctx, g_wk, g_reg):  # noqa: D102
         w, u, v, k = ctx.saved_tensors
         lambda_s, lambda_2 = ctx.lambdas
-        g_w = torch.addcmul(w * (lambda_2 * g_reg), g_wk, k)
-        g_k = torch.addcmul(k * (lambda_s * g_reg), g_wk, w)
+        # The same arithmetic as addcmul(w * c, g_wk, k), in place: one (n_in, n_out) allocation, not two.
+        g_w = torch.mul(w, lambda_2 * g_reg).addcmul_(g_wk, k)
+        g_k = torch.mul(k, lambda_s * g_reg).addcmul_(g_wk, w)
         g_k.mul_(k > 0)  # no gradient where the kernel is clamped at 0
         # K = 1 - dist2 where positive, so d/d dist2 = -g_k; d dist2 / d u_i = 2 (u_i - v_j).
         g_u = -2.0 * (u * g_k.sum(1, keepdim=True) - g_k @ v)
