@@ -316,9 +316,11 @@ class GLocalK(nn.Module):
             z = spmm(values, w1, pattern)  # (n_items, n_hid), O(nnz * n_hid)
         else:
             z = x @ w1  # (n_items, n_hid)
-        h = torch.sigmoid(z + b1)
+        # In place: the same values with one (n_items, n_hid) allocation per layer instead of three (the
+        # products' backwards do not need their outputs; sigmoid's keeps its own).
+        h = z.add_(b1).sigmoid_()
         for w, b in rest:
-            h = torch.sigmoid(h @ w + b)  # (n_items, n_hid)
+            h = torch.mm(h, w).add_(b).sigmoid_()  # (n_items, n_hid)
         return h
 
     def decode(self, h: torch.Tensor, weights) -> torch.Tensor:
@@ -352,7 +354,7 @@ class GLocalK(nn.Module):
             return self.global_conv(data.dense, self.global_kernel(y_dash.mean(1)))
         # Sparse: f(R)'s item means without the dense f(R); R_hat only on the dilation of R's pattern.
         h0 = self.encode((data.pattern, data.values), weights)  # (n_items, n_hid)
-        values = F.relu(data.conv(self.global_kernel(self.item_means(h0, weights))))  # (conv nnz,)
+        values = data.conv(self.global_kernel(self.item_means(h0, weights))).relu_()  # (conv nnz,)
         # With data.conv_dense the pattern is ``materialise``d: the first layer runs as a dense GEMM.
         return (data.conv.output, values)
 
