@@ -25,7 +25,7 @@ from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
 from glocalk.inputs import choose_execution
 from glocalk.model import GLocalKConfig
-from glocalk.train import TrainConfig, Trainer, host_assign, host_flat, lbfgs_epoch, summarise
+from glocalk.train import TrainConfig, Trainer, any_nonfinite, host_assign, host_flat, lbfgs_epoch, summarise
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -174,6 +174,21 @@ def test_epoch_metrics_equal_a_fresh_evaluation_at_the_final_weights(optimizer, 
         for key in ("train_rmse", "test_rmse", "test_mae", "test_ndcg"):
             assert rec[key] == pytest.approx(fresh[key], rel=1e-6, abs=1e-9), f"epoch {epoch} {key}"
     assert "at_last_pass" not in rec, "the flag is internal, not an epochs.jsonl key"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_any_nonfinite_finds_one_bad_entry_anywhere_and_never_flags_finite_extremes(bad):
+    """The optimiser's overflow check: one NaN or infinity in any tensor is found; huge but finite float32
+    values (whose float32 sum would overflow) are not flagged, nor are +inf and -inf cancelling unnoticed."""
+    huge = torch.full((1000,), 3.0e38)
+    finite = [torch.tensor(1.5), torch.randn(7, 5), huge, -huge[:10]]
+    assert not bool(any_nonfinite(finite))
+    for which in range(len(finite)):
+        tensors = [t.clone() for t in finite]
+        tensors[which].view(-1)[-1] = bad
+        assert bool(any_nonfinite(tensors)), f"{bad} in tensor {which} not found"
+    both = torch.tensor([float("inf"), -float("inf"), 1.0])
+    assert bool(any_nonfinite([both]))
 
 
 def test_lbfgs_epoch_rejects_unknown_optimizer():

@@ -45,6 +45,7 @@ from glocalk.train import (
     TrainConfig,
     Trainer,
     TrainResult,
+    any_nonfinite,
     check_identity,
     resolve_device,
     training_mean,
@@ -330,7 +331,7 @@ class ShardedTrainer(Trainer):
             total, grads = self.sharded.value_and_grad(self.input, Stage(stage), params)
             # As the single-process optimiser: a step that overflowed gets f = inf (the line search backs
             # off). Decided on every rank alike: a non-finite owned gradient on one rank counts for all.
-            bad = torch.stack([~torch.isfinite(total)] + [~torch.isfinite(g).all() for g in grads]).any()
+            bad = any_nonfinite([total.detach(), *grads])
             flag = bad.to(total.dtype).reshape(1)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item() > 0:
