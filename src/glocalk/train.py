@@ -28,6 +28,7 @@ import scipy.optimize
 import scipy.sparse as sp
 import torch
 
+from glocalk import denormals
 from glocalk.data.matrix import RatingMatrix
 from glocalk.errors import CheckpointError, ConfigError, TrainingError, option_name
 from glocalk.inputs import TrainingInput, choose_execution, prepare_input
@@ -346,7 +347,7 @@ class Trainer:
         epoch, then call each ``on_epoch(record)``; return summaries and the model."""
         callbacks = [] if on_epoch is None else [on_epoch] if callable(on_epoch) else list(on_epoch)
         t_start = time.perf_counter() - sum(r["seconds"] + r["eval_seconds"] for r in self.history)
-        with torch_threads(self.config.threads):
+        with torch_threads(self.config.threads), denormals.flushed():
             while not self.finished:
                 rec = self._epoch(len(self.history) + 1)
                 self.history.append(rec)
