@@ -1,7 +1,7 @@
 """The L-BFGS-B optimiser's own work per iteration (glocalk.optim), old code against new in one run.
 
     python benchmarks/optimizer_overhead.py --tree before=/tmp/optold/src --tree after=src \
-        --sizes 1.2M,6.3M --threads 2 --out docs/benchmarks/optimizer_overhead
+        --sizes 1.2M,6.3M --threads 2 --out docs/benchmarks/optimizer_overhead   # writes threads2.md / .json
 
 Runs ``minimize_lbfgsb`` for ``--iters`` iterations (float32, m = 10) on a cheap separable function,
 f(x) = sum(0.5 a (x - b)^2 + 0.1 log1p((x - b)^2)) with curvatures a from 0.01 to 100 and the
@@ -120,15 +120,17 @@ def render(res: dict) -> str:
              f"machine: {res['machine']}.", "",
              f"- `uptime` at the start: `{res['uptime_start']}`",
              f"- `uptime` at the end: `{res['uptime_end']}`", "",
-             "Time outside the function per iteration (ms, median of all runs; the function's own time is "
-             "subtracted). nit / nfev are those of one run.", "",
+             "Time outside the function per iteration in ms: median of all runs (in brackets the fastest run, "
+             "the least disturbed by other jobs on a shared machine); the function's own time is subtracted. "
+             "nit / nfev are those of one run.", "",
              "| n | " + " | ".join(f"{name} (ms/iter)" for name in names)
              + "".join(f" | {name} / {names[0]}" for name in names[1:]) + " | nit | nfev |",
              "|---|" + "---|" * (2 * len(names) - 1 + 2)]
     for row in res["rows"]:
         ms = [row[name] for name in names]
-        ratios = [f"{m / ms[0]:.2f}" for m in ms[1:]]
-        lines.append(f"| {row['n']:,} | " + " | ".join(f"{m:.1f}" for m in ms)
+        best = [row[name + " min"] for name in names]
+        ratios = [f"{m / ms[0]:.2f} ({b / best[0]:.2f})" for m, b in zip(ms[1:], best[1:], strict=True)]
+        lines.append(f"| {row['n']:,} | " + " | ".join(f"{m:.1f} ({b:.1f})" for m, b in zip(ms, best, strict=True))
                      + (" | " + " | ".join(ratios) if ratios else "") + f" | {row['nit']} | {row['nfev']} |")
     lines += ["", "Trees: " + ", ".join(f"{k} = `{v}`" for k, v in res["trees"].items()), ""]
     return "\n".join(lines)
@@ -139,7 +141,8 @@ def summarise(runs: dict[str, list[dict]], sizes: list[int]) -> list[dict]:
     for n in sizes:
         row = {"n": n}
         for name, rs in runs.items():
-            row[name] = statistics.median(r["overhead_ms_per_iter"] for w in rs for r in w["sizes"][str(n)]["runs"])
+            values = [r["overhead_ms_per_iter"] for w in rs for r in w["sizes"][str(n)]["runs"]]
+            row[name], row[name + " min"] = statistics.median(values), min(values)
             last = rs[-1]["sizes"][str(n)]["runs"][-1]
             row["nit"], row["nfev"] = last["nit"], last["nfev"]
         rows.append(row)
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=40, help="L-BFGS-B iterations per run (default 40)")
     p.add_argument("--reps", type=int, default=2, help="timed runs per size and worker (default 2)")
     p.add_argument("--rounds", type=int, default=2, help="workers per tree, alternating (default 2)")
-    p.add_argument("--out", default=None, help="folder for README.md and results.json (default: print)")
+    p.add_argument("--out", default=None, help="folder for threads<T>.md and threads<T>.json (default: print)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -180,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "README.md").write_text(text)
-        (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / f"threads{args.threads}.md").write_text(text)
+        (out / f"threads{args.threads}.json").write_text(json.dumps(res, indent=1) + "\n")
     print(text)
     return 0
 

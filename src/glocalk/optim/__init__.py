@@ -17,7 +17,10 @@ torch tensors, following SciPy 1.17.1 step by step -- ``scipy/optimize/__lbfgsb.
   and ``maxfun`` are checked after each iteration, before the convergence tests.
 
 The long vectors (x, g, the direction, the pairs) stay on the device in the state's dtype; the small
-2m x 2m algebra and the line search's scalars are float64 on the host, as in SciPy. Every inner product
+2m x 2m algebra and the line search's scalars are float64 on the host, as in SciPy. Per iteration the
+stored pairs are read twice (one product of every stored vector with the new s, y and g; one pass forming
+the next direction), and the state is 2m + 5 vectors of length n (x, g, the pairs, the line search's start
+point and gradient, the direction), with no temporary per evaluation. Every inner product
 and norm of a long vector goes through one ``space`` object (``LocalSpace`` by default), so a vector sharded
 across processes needs only a space whose reductions all-reduce.
 """
