@@ -128,10 +128,11 @@ class LBFGSMemory:
     """
 
     def __init__(self, n: int, m: int, rows: int, like: torch.Tensor, space: LocalSpace) -> None:
-        # A ring of rows + 1 slots of two rows each (s_p, y_p of physical slot p): up to `rows` pairs and one
-        # spare slot, where the next pair goes and where the optimiser keeps the iteration's start x and g
+        # A ring of rows + 1 slots of two rows each (y_p, s_p of physical slot p): up to `rows` pairs and one
+        # spare slot, where the next pair goes and where the optimiser keeps the iteration's start g and x
         # until then (``spare``). The last row is scratch (``scratch``): a copy of g always has a free row
-        # right after the newest pair (the spare's s row, or this one), so [s, y, g] is one (3, n) block.
+        # right after the newest pair, so [y, s, g] is one (3, n) block. That row is the next spare's y row
+        # (unless the pair took the last slot): the copy is already the g the next line search must keep.
         # (A run of maxiter < m iterations never makes more than maxiter - 1 pairs.)
         self.slots = rows + 1
         self.buf = torch.empty((2 * self.slots + 1, n), dtype=like.dtype, device=like.device)
@@ -146,18 +147,25 @@ class LBFGSMemory:
         self.d = np.zeros(m)  # s_i.y_i as the line search measured it: (g+.d - g.d) * stp
         self.factor: torch.Tensor | None = None
         self.g_products: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (g, its version, block @ g)
+        self.g_copy: tuple[torch.Tensor, int, int] | None = None  # (g, its version, the row holding a copy)
 
     def spare(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two (n,) rows of the slot the next pair will take: free until ``update``/``update_step``."""
+        """Two free (n,) rows (for x, for g) of the slot the next pair will take: free until ``update_step``,
+        which reads the second as g_old."""
         p = (self.head + self.col) % self.slots
-        return self.buf[2 * p], self.buf[2 * p + 1]
+        return self.buf[2 * p + 1], self.buf[2 * p]
+
+    def holds_copy(self, g: torch.Tensor, row: torch.Tensor) -> bool:
+        """Whether ``row`` already holds g as it is now (the copy ``update_step`` made of it)."""
+        c = self.g_copy
+        return (c is not None and c[0] is g and c[1] == _version(g) and row.data_ptr() == self.buf[c[2]].data_ptr())
 
     def scratch(self) -> torch.Tensor:
         """An (n,) row outside the pairs, free except while ``update_step`` runs (it may overwrite it)."""
         return self.buf[2 * self.slots]
 
     def _block(self) -> torch.Tensor:
-        """The slots in use as one (2 k, n) block, rows s_p, y_p per physical slot p < k: the pairs, and once
+        """The slots in use as one (2 k, n) block, rows y_p, s_p per physical slot p < k: the pairs, and once
         the ring has wrapped the spare slot too (its rows get coefficient 0)."""
         return self.buf[: 2 * min(self.head + self.col, self.slots)]
 
@@ -166,27 +174,27 @@ class LBFGSMemory:
         v = values.double().cpu().numpy()
         v = v.reshape((-1, 2) + v.shape[1:])
         order = [(self.head + j) % self.slots for j in range(self.col)]
-        return v[order, 0], v[order, 1]
+        return v[order, 1], v[order, 0]
 
     def update(self, s: torch.Tensor, y: torch.Tensor, sy: float, ss: float) -> bool:
         """Add the pair (s, y) with s.y = ``sy`` and s.s = ``ss`` (``matupd``); False if T = theta S'S + L D^-1 L'
         is not positive definite (``formt``), when the caller must ``reset``."""
         slot = self._next_slot()
-        slot[0].copy_(s)
-        slot[1].copy_(y)
+        slot[0].copy_(y)
+        slot[1].copy_(s)
         return self._commit(sy, ss, None)
 
     def update_step(self, d: torch.Tensor, stp: float, g: torch.Tensor, g_old: torch.Tensor, sy: float,
                     ss: float) -> bool:
         """``update`` with s = stp d and y = g - g_old, computed straight into the memory (no temporaries;
-        ``g_old`` may be the spare's y row, d the scratch row). Also caches the stored vectors' products
+        ``g_old`` may be the spare's g row, d the scratch row). Also caches the stored vectors' products
         with g, for a ``direction(g)`` before g changes."""
         slot = self._next_slot()
+        torch.sub(g, g_old, out=slot[0])
         if stp == 1.0:
-            slot[0].copy_(d)
+            slot[1].copy_(d)
         else:
-            torch.mul(d, stp, out=slot[0])
-        torch.sub(g, g_old, out=slot[1])
+            torch.mul(d, stp, out=slot[1])
         return self._commit(sy, ss, g)
 
     def _next_slot(self) -> torch.Tensor:
@@ -199,26 +207,27 @@ class LBFGSMemory:
             for a in (self.sy, self.ss, self.yy):
                 a[:-1, :-1] = a[1:, 1:].copy()
             self.d[:-1] = self.d[1:].copy()
-        self.g_products = None
+        self.g_products = self.g_copy = None
         return self.buf[2 * self.tail: 2 * self.tail + 2]
 
     def _commit(self, sy: float, ss: float, g: torch.Tensor | None) -> bool:
         """The small matrices' new row and column, theta, and SciPy's formt / formk for the new pair."""
         k, p = self.col - 1, self.tail
-        # Every stored vector against the new s and y (and g) in one pass: s_dots[j] = (s_j.s, s_j.y[, s_j.g]).
-        # The row after the new pair is free (the spare's s row or the scratch row): g goes there, so that
-        # [s, y, g] is one strided (3, n) block.
+        # Every stored vector against the new y and s (and g) in one pass: s_dots[j] = (s_j.y, s_j.s[, s_j.g]).
+        # The row after the new pair is free (the spare's g row or the scratch row): g goes there, so that
+        # [y, s, g] is one strided (3, n) block.
         if g is not None:
             self.buf[2 * p + 2].copy_(g)
-        # ([s, y, g] @ block' is block @ [s, y, g]' transposed; BLAS streams the block faster in this form.)
+        # ([y, s, g] @ block' is block @ [y, s, g]' transposed; BLAS streams the block faster in this form.)
         products = self.space.dot(self.buf[2 * p: 2 * p + (2 if g is None else 3)], self._block().T).T
         s_dots, y_dots = self._logical(products)
-        self.sy[k, :k], self.sy[:k, k], self.sy[k, k] = y_dots[:k, 0], s_dots[:k, 1], s_dots[k, 1]
-        self.ss[k, :k] = self.ss[:k, k] = s_dots[:k, 0]
+        y, s = 0, 1  # the columns of the new y and s
+        self.sy[k, :k], self.sy[:k, k], self.sy[k, k] = y_dots[:k, s], s_dots[:k, y], s_dots[k, y]
+        self.ss[k, :k] = self.ss[:k, k] = s_dots[:k, s]
         self.ss[k, k] = ss
-        self.yy[k, :k] = self.yy[:k, k] = y_dots[:k, 1]
-        self.yy[k, k] = y_dots[k, 1]
-        self.theta = float(y_dots[k, 1]) / sy  # SciPy: ||y||^2 / s.y with s.y as the line search measured it
+        self.yy[k, :k] = self.yy[:k, k] = y_dots[:k, y]
+        self.yy[k, k] = y_dots[k, y]
+        self.theta = float(y_dots[k, y]) / sy  # SciPy: ||y||^2 / s.y with s.y as the line search measured it
         self.d[k] = sy
         if not self._formt_ok():
             return False
@@ -226,6 +235,7 @@ class LBFGSMemory:
         version = _version(g) if g is not None else None
         if version is not None:
             self.g_products = (g, version, products[:, 2])
+            self.g_copy = (g, version, 2 * p + 2)
         return True
 
     def _formt_ok(self) -> bool:
@@ -269,9 +279,9 @@ class LBFGSMemory:
         v = torch.linalg.solve_triangular(self.factor.T, wv, upper=False)
         v[:c] = -v[:c]
         z = torch.linalg.solve_triangular(self.factor, v, upper=True)[:, 0].numpy()
-        coef = np.zeros((block.shape[0] // 2, 2))  # per physical slot: (coefficient of s, of y); 0 for the spare
+        coef = np.zeros((block.shape[0] // 2, 2))  # per physical slot: (coefficient of y, of s); 0 for the spare
         order = [(self.head + j) % self.slots for j in range(c)]
-        coef[order, 0], coef[order, 1] = z[c:], z[:c] / theta
+        coef[order, 0], coef[order, 1] = z[:c] / theta, z[c:]
         # out = (-g + Y z_y / theta + S z_s) / theta in one pass over the memory (subsm's d, then its dscal).
         coef_t = torch.from_numpy(coef.reshape(-1) / theta).to(out.device, out.dtype)
         torch.addmv(g, block.T, coef_t, beta=-1.0 / theta, out=out)
@@ -390,7 +400,8 @@ class _Run:
         stp = (min(1.0 / dnorm, STPMAX) if dnorm > 0 else STPMAX) if self.iter == 0 else 1.0
         self.t, self.r = self.memory.spare()  # the memory's free rows (a pair or a reset moves them)
         self.t.copy_(self.x)
-        self.r.copy_(self.g)
+        if not self.memory.holds_copy(self.g, self.r):  # the last update copied g there already
+            self.r.copy_(self.g)
         self.fold, self.nfev_at_start = self.f, self.nfev
         search, tries = None, 0
         while True:
