@@ -156,6 +156,20 @@ def test_a_start_that_already_converged_stops_at_once_as_scipy():
     assert (our_run[0].nit, our_run[0].nfev) == (0, 1)
 
 
+@pytest.mark.parametrize("offset, steps", [(3e16, [64.0, -128.0, 256.0, 512.0]), (2.25e15 - 1e3, [0.0, 0.0, 0.0])])
+def test_steps_that_round_away_or_move_a_few_ulps_are_scipys(offset, steps):
+    """Far from 0 a step of length ~1 either rounds away (x stays bitwise the last x: SciPy does not evaluate
+    it again, and the run ends ABNORMAL after 1 evaluation) or moves x by a few ulps (too little for the
+    probe to prove it moves without comparing every entry): both as SciPy."""
+    x0 = np.full(len(steps), 2.25e15 if offset < 1e16 else offset) + np.array(steps)
+    scipy_run, our_run = both(lambda x: (0.5 * np.sum((x - offset) ** 2), x - offset), x0)
+    assert_same_run(scipy_run, our_run, min_iterations=10**6)
+    if offset == 3e16:
+        assert (our_run[0].nfev, our_run[0].message) == (1, "ABNORMAL: ")
+    else:
+        assert our_run[0].nit >= 2 and our_run[0].success
+
+
 # --------------------------------------------------------------------------- the limited-memory matrix
 
 
