@@ -171,7 +171,7 @@ class LBFGSMemory:
 
     def _logical(self, values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(s-part, y-part) of per-row products of ``_block()`` ((2 k,) or (2 k, j)), oldest pair first."""
-        v = values.double().cpu().numpy()
+        v = values.cpu().double().numpy()
         v = v.reshape((-1, 2) + v.shape[1:])
         order = [(self.head + j) % self.slots for j in range(self.col)]
         return v[order, 1], v[order, 0]
@@ -345,7 +345,8 @@ class _Run:
         """Whether t + stp d differs from x in some probed entry by more than any rounding of the sum can
         explain (16 eps of the largest term): then x := t + stp d cannot leave x as it is, and the full
         compare is not needed. False proves nothing."""
-        t, d, x = (v[self.probe].double() for v in (self.t, self.d, self.x))
+        # One small transfer to the host, float64 there (exact for float32 values; MPS has no float64).
+        t, d, x = torch.stack([v[self.probe] for v in (self.t, self.d, self.x)]).cpu().double()
         step = stp * d
         scale = torch.maximum(torch.maximum(t.abs(), step.abs()), x.abs())
         return bool(((t + step - x).abs() > self.tiny * scale).any())
