@@ -127,8 +127,9 @@ def test_predict_and_recommend_are_the_blend_of_the_two_parts(blended):
     top = blended.recommend(blended.user_ids_[u], k=5)
     np.testing.assert_allclose(top["score"].to_numpy(), np.sort(hand[unseen])[::-1][:5], rtol=0, atol=1e-9)
     every = blended.recommend_all(k=5)
+    # recommend_all scores a block of users by one matrix product: equal up to float32 rounding (its docstring).
     np.testing.assert_allclose(every[every["user"] == blended.user_ids_[u]]["score"].to_numpy(),
-                               top["score"].to_numpy(), rtol=0, atol=1e-9)
+                               top["score"].to_numpy(), rtol=0, atol=1e-5)
     # An unknown user gets the bias model: mu + b_item.
     fb = blended.model_.fallback
     assert blended.predict("nobody", blended.item_ids_[0], unknown="baseline") == pytest.approx(

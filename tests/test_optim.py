@@ -156,6 +156,20 @@ def test_a_start_that_already_converged_stops_at_once_as_scipy():
     assert (our_run[0].nit, our_run[0].nfev) == (0, 1)
 
 
+@pytest.mark.parametrize("offset, steps", [(3e16, [64.0, -128.0, 256.0, 512.0]), (2.25e15 - 1e3, [0.0, 0.0, 0.0])])
+def test_steps_that_round_away_or_move_a_few_ulps_are_scipys(offset, steps):
+    """Far from 0 a step of length ~1 either rounds away (x stays bitwise the last x: SciPy does not evaluate
+    it again, and the run ends ABNORMAL after 1 evaluation) or moves x by a few ulps (too little for the
+    probe to prove it moves without comparing every entry): both as SciPy."""
+    x0 = np.full(len(steps), 2.25e15 if offset < 1e16 else offset) + np.array(steps)
+    scipy_run, our_run = both(lambda x: (0.5 * np.sum((x - offset) ** 2), x - offset), x0)
+    assert_same_run(scipy_run, our_run, min_iterations=10**6)
+    if offset == 3e16:
+        assert (our_run[0].nfev, our_run[0].message) == (1, "ABNORMAL: ")
+    else:
+        assert our_run[0].nit >= 2 and our_run[0].success
+
+
 # --------------------------------------------------------------------------- the limited-memory matrix
 
 
@@ -278,3 +292,82 @@ def test_x0_must_be_a_1d_float_tensor():
         minimize_lbfgsb(lambda x: (x @ x, 2 * x), torch.ones(2, 2))
     with pytest.raises(ConfigError, match="parameter"):
         LBFGSB([])
+
+
+# --------------------------------------------------------------------------- memory traffic
+
+
+class PairCounting(LocalSpace):
+    """Counts the reductions that read the stored pairs (a 2-D argument): fused ones, whose other side is a
+    block of vectors (the new s, y and g), and plain ones (g alone)."""
+
+    def __init__(self):
+        self.fused = self.plain = 0
+
+    def dot(self, a, b):
+        if a.dim() == 2 and b.dim() == 2:
+            self.fused += 1
+        elif a.dim() == 2 or b.dim() == 2:
+            self.plain += 1
+        return super().dot(a, b)
+
+
+def weighted_abs(x):
+    """sum_i i |x_i|: its kinks end line searches on dcsrch's xtol warning, with s.y <= 0 (a skipped update)."""
+    w = np.arange(1, len(x) + 1)
+    return np.sum(w * np.abs(x)), w * np.sign(x)
+
+
+def test_the_pairs_are_read_twice_per_iteration():
+    """One product over the stored pairs per iteration (the new s, y and g against all of them; the direction
+    reuses the products with g) plus the pass that forms the direction: 2 reads, not 3."""
+    fun, x0 = quadratic(n=40)
+    space = PairCounting()
+    res = minimize_lbfgsb(Recorded(fun).torch, torch.tensor(x0), maxiter=15, space=space)
+    assert res.nit == 15 and res.message.startswith("STOP")
+    commits = res.nit - 1  # a pair after every iteration but the last (the quadratic never skips one)
+    assert (space.fused, space.plain) == (commits, 0)
+
+    n = len(x0)  # every BLAS product whose operand is the (2k, n) block of pairs (or its transpose)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        minimize_lbfgsb(Recorded(fun).torch, torch.tensor(x0), maxiter=15)
+    products = {"aten::mm", "aten::addmm", "aten::addmv", "aten::addmv_"}
+    reads = sum(1 for e in prof.events() if e.name in products and any(
+        len(s) == 2 and n in s and min(s) % 2 == 0 and s != [n, n] for s in e.input_shapes))
+    assert reads == 2 * commits
+
+
+def test_skipped_updates_keep_scipys_iterates():
+    """Through skipped updates (the direction then reads the pairs itself: the products cached with the last
+    pair are stale) the evaluations stay SciPy's."""
+    x0 = np.random.default_rng(0).standard_normal(5)
+    space = PairCounting()
+    scipy_run, our_run = both(weighted_abs, x0)
+    assert_same_run(scipy_run, our_run, min_iterations=10**6)
+    counted = minimize_lbfgsb(Recorded(weighted_abs).torch, torch.tensor(x0), space=space)
+    assert torch.equal(counted.x, our_run[0].x)
+    assert space.plain >= 1, "some update should have been skipped on this problem"
+    assert space.fused >= 1
+
+
+def test_direction_after_update_step_reads_the_current_g():
+    """The products cached by update_step serve only the g they were taken with, unchanged: after an
+    in-place change of g (or for another g) the direction is still the two-loop recursion's -H g."""
+    n, m = 6, 3
+    rng = np.random.default_rng(7)
+    memory = LBFGSMemory(n, m, m, torch.zeros(n, dtype=torch.float64), LocalSpace())
+    s_list, y_list, out = [], [], torch.empty(n, dtype=torch.float64)
+    for step in range(5):
+        d, g_old = torch.from_numpy(rng.standard_normal(n)), torch.from_numpy(rng.standard_normal(n))
+        g = g_old + d + 0.3 * torch.from_numpy(rng.standard_normal(n))  # y.s > 0
+        s, y = (0.5 * d).numpy(), (g - g_old).numpy()
+        s_list, y_list = (s_list + [s])[-m:], (y_list + [y])[-m:]
+        assert memory.update_step(d, 0.5, g, g_old, float(s @ y), float(s @ s))
+        if step % 2:
+            g.mul_(-2.0).add_(1.0)  # changed in place after the update
+        expected = -two_loop(s_list, y_list, g.numpy())
+        assert memory.direction(g, out)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-10, atol=1e-12)
+        other = torch.from_numpy(rng.standard_normal(n))
+        assert memory.direction(other, out)
+        np.testing.assert_allclose(out.numpy(), -two_loop(s_list, y_list, other.numpy()), rtol=1e-10, atol=1e-12)

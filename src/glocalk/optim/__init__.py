@@ -17,7 +17,10 @@ torch tensors, following SciPy 1.17.1 step by step -- ``scipy/optimize/__lbfgsb.
   and ``maxfun`` are checked after each iteration, before the convergence tests.
 
 The long vectors (x, g, the direction, the pairs) stay on the device in the state's dtype; the small
-2m x 2m algebra and the line search's scalars are float64 on the host, as in SciPy. Every inner product
+2m x 2m algebra and the line search's scalars are float64 on the host, as in SciPy. Per iteration the
+stored pairs are read twice (one product of every stored vector with the new s, y and g; one pass forming
+the next direction), and the state is 2m + 5 vectors of length n (x, g, the pairs, the line search's start
+point and gradient, the direction), with no temporary per evaluation. Every inner product
 and norm of a long vector goes through one ``space`` object (``LocalSpace`` by default), so a vector sharded
 across processes needs only a space whose reductions all-reduce.
 """
@@ -118,81 +121,121 @@ class LBFGSMemory:
     matrices S'Y, S'S, Y'Y and D = diag(s_i.y_i) on the host in float64; theta = y.y / s.y of the newest
     pair. ``direction`` gives -H g with H the inverse of B = theta I - W M W' (W = [Y, theta S]), solved
     through the factorisation SciPy's ``formk`` builds -- mathematically the two-loop recursion's matrix.
+
+    Memory traffic: the pairs are read twice per iteration, once by ``update_step`` (every stored vector
+    against the new s, the new y and the new g, in one product) and once by ``direction`` (forming -H g),
+    which reuses the products with g that ``update_step`` cached when nothing has changed since.
     """
 
     def __init__(self, n: int, m: int, rows: int, like: torch.Tensor, space: LocalSpace) -> None:
-        # buf[p, 0] = s, buf[p, 1] = y of the pair in physical slot p; a ring of m slots of which `rows`
-        # are allocated (a run of maxiter < m iterations never makes more than maxiter - 1 pairs).
-        self.buf = torch.empty((rows, 2, n), dtype=like.dtype, device=like.device)
+        # A ring of rows + 1 slots of two rows each (y_p, s_p of physical slot p): up to `rows` pairs and one
+        # spare slot, where the next pair goes and where the optimiser keeps the iteration's start g and x
+        # until then (``spare``). The last row is scratch (``scratch``): a copy of g always has a free row
+        # right after the newest pair, so [y, s, g] is one (3, n) block. That row is the next spare's y row
+        # (unless the pair took the last slot): the copy is already the g the next line search must keep.
+        # (A run of maxiter < m iterations never makes more than maxiter - 1 pairs.)
+        self.slots = rows + 1
+        self.buf = torch.empty((2 * self.slots + 1, n), dtype=like.dtype, device=like.device)
         self.m, self.n, self.space = m, n, space
         self.reset()
 
     def reset(self) -> None:
         """Forget every pair (SciPy's "refresh the lbfgs memory")."""
-        self.col, self.head, self.tail, self.updates, self.theta = 0, 0, 0, 0, 1.0
+        self.col, self.head, self.tail, self.theta = 0, 0, 0, 1.0
         m = self.m
         self.sy, self.ss, self.yy = np.zeros((m, m)), np.zeros((m, m)), np.zeros((m, m))
         self.d = np.zeros(m)  # s_i.y_i as the line search measured it: (g+.d - g.d) * stp
         self.factor: torch.Tensor | None = None
+        self.g_products: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (g, its version, block @ g)
+        self.g_copy: tuple[torch.Tensor, int, int] | None = None  # (g, its version, the row holding a copy)
+
+    def spare(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two free (n,) rows (for x, for g) of the slot the next pair will take: free until ``update_step``,
+        which reads the second as g_old."""
+        p = (self.head + self.col) % self.slots
+        return self.buf[2 * p + 1], self.buf[2 * p]
+
+    def holds_copy(self, g: torch.Tensor, row: torch.Tensor) -> bool:
+        """Whether ``row`` already holds g as it is now (the copy ``update_step`` made of it)."""
+        c = self.g_copy
+        return (c is not None and c[0] is g and c[1] == _version(g) and row.data_ptr() == self.buf[c[2]].data_ptr())
+
+    def scratch(self) -> torch.Tensor:
+        """An (n,) row outside the pairs, free except while ``update_step`` runs (it may overwrite it)."""
+        return self.buf[2 * self.slots]
 
     def _block(self) -> torch.Tensor:
-        """The stored pairs as a (2 col, n) block, rows s_p, y_p per physical slot p."""
-        return self.buf[: self.col].reshape(2 * self.col, self.n)
+        """The slots in use as one (2 k, n) block, rows y_p, s_p per physical slot p < k: the pairs, and once
+        the ring has wrapped the spare slot too (its rows get coefficient 0)."""
+        return self.buf[: 2 * min(self.head + self.col, self.slots)]
 
     def _logical(self, values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(s-part, y-part) of per-row products of ``_block()`` ((2 col,) or (2 col, j)), oldest pair first."""
-        v = values.double().cpu().numpy()
-        v = v.reshape((self.col, 2) + v.shape[1:])
-        order = [(self.head + j) % self.m for j in range(self.col)]
-        return v[order, 0], v[order, 1]
+        """(s-part, y-part) of per-row products of ``_block()`` ((2 k,) or (2 k, j)), oldest pair first."""
+        v = values.cpu().double().numpy()
+        v = v.reshape((-1, 2) + v.shape[1:])
+        order = [(self.head + j) % self.slots for j in range(self.col)]
+        return v[order, 1], v[order, 0]
 
     def update(self, s: torch.Tensor, y: torch.Tensor, sy: float, ss: float) -> bool:
         """Add the pair (s, y) with s.y = ``sy`` and s.s = ``ss`` (``matupd``); False if T = theta S'S + L D^-1 L'
         is not positive definite (``formt``), when the caller must ``reset``."""
         slot = self._next_slot()
-        slot[0].copy_(s)
-        slot[1].copy_(y)
-        return self._commit(sy, ss)
+        slot[0].copy_(y)
+        slot[1].copy_(s)
+        return self._commit(sy, ss, None)
 
     def update_step(self, d: torch.Tensor, stp: float, g: torch.Tensor, g_old: torch.Tensor, sy: float,
                     ss: float) -> bool:
-        """``update`` with s = stp d and y = g - g_old, computed straight into the memory (no temporaries)."""
+        """``update`` with s = stp d and y = g - g_old, computed straight into the memory (no temporaries;
+        ``g_old`` may be the spare's g row, d the scratch row). Also caches the stored vectors' products
+        with g, for a ``direction(g)`` before g changes."""
         slot = self._next_slot()
+        torch.sub(g, g_old, out=slot[0])
         if stp == 1.0:
-            slot[0].copy_(d)
+            slot[1].copy_(d)
         else:
-            torch.mul(d, stp, out=slot[0])
-        torch.sub(g, g_old, out=slot[1])
-        return self._commit(sy, ss)
+            torch.mul(d, stp, out=slot[1])
+        return self._commit(sy, ss, g)
 
     def _next_slot(self) -> torch.Tensor:
-        """The (2, n) slot the next pair goes to (the oldest pair's once the ring is full)."""
-        m = self.m
-        self.updates += 1
-        if self.updates <= m:
-            self.col, self.tail = self.updates, (self.head + self.updates - 1) % m
+        """The (2, n) slot the next pair goes to: the spare; the oldest pair's becomes the spare once m are kept."""
+        self.tail = (self.head + self.col) % self.slots
+        if self.col < self.m:
+            self.col += 1
         else:
-            self.tail, self.head = (self.tail + 1) % m, (self.head + 1) % m
+            self.head = (self.head + 1) % self.slots
             for a in (self.sy, self.ss, self.yy):
                 a[:-1, :-1] = a[1:, 1:].copy()
             self.d[:-1] = self.d[1:].copy()
-        return self.buf[self.tail]
+        self.g_products = self.g_copy = None
+        return self.buf[2 * self.tail: 2 * self.tail + 2]
 
-    def _commit(self, sy: float, ss: float) -> bool:
+    def _commit(self, sy: float, ss: float, g: torch.Tensor | None) -> bool:
         """The small matrices' new row and column, theta, and SciPy's formt / formk for the new pair."""
-        k = self.col - 1
-        # Every stored vector against the new s and y, in one pass: s_dots[j] = (s_j.s, s_j.y), y_dots[j] likewise.
-        s_dots, y_dots = self._logical(self.space.dot(self._block(), self.buf[self.tail].T))
-        self.sy[k, :k], self.sy[:k, k], self.sy[k, k] = y_dots[:k, 0], s_dots[:k, 1], s_dots[k, 1]
-        self.ss[k, :k] = self.ss[:k, k] = s_dots[:k, 0]
+        k, p = self.col - 1, self.tail
+        # Every stored vector against the new y and s (and g) in one pass: s_dots[j] = (s_j.y, s_j.s[, s_j.g]).
+        # The row after the new pair is free (the spare's g row or the scratch row): g goes there, so that
+        # [y, s, g] is one strided (3, n) block.
+        if g is not None:
+            self.buf[2 * p + 2].copy_(g)
+        # ([y, s, g] @ block' is block @ [y, s, g]' transposed; BLAS streams the block faster in this form.)
+        products = self.space.dot(self.buf[2 * p: 2 * p + (2 if g is None else 3)], self._block().T).T
+        s_dots, y_dots = self._logical(products)
+        y, s = 0, 1  # the columns of the new y and s
+        self.sy[k, :k], self.sy[:k, k], self.sy[k, k] = y_dots[:k, s], s_dots[:k, y], s_dots[k, y]
+        self.ss[k, :k] = self.ss[:k, k] = s_dots[:k, s]
         self.ss[k, k] = ss
-        self.yy[k, :k] = self.yy[:k, k] = y_dots[:k, 1]
-        self.yy[k, k] = y_dots[k, 1]
-        self.theta = float(y_dots[k, 1]) / sy  # SciPy: ||y||^2 / s.y with s.y as the line search measured it
+        self.yy[k, :k] = self.yy[:k, k] = y_dots[:k, y]
+        self.yy[k, k] = y_dots[k, y]
+        self.theta = float(y_dots[k, y]) / sy  # SciPy: ||y||^2 / s.y with s.y as the line search measured it
         self.d[k] = sy
         if not self._formt_ok():
             return False
         self.factor = self._formk()
+        version = _version(g) if g is not None else None
+        if version is not None:
+            self.g_products = (g, version, products[:, 2])
+            self.g_copy = (g, version, 2 * p + 2)
         return True
 
     def _formt_ok(self) -> bool:
@@ -222,21 +265,36 @@ class LBFGSMemory:
 
     def direction(self, g: torch.Tensor, out: torch.Tensor) -> bool:
         """out := -H g (SciPy's ``cmprlb`` and ``subsm`` with every variable free); False if the factor failed."""
+        cached, self.g_products = self.g_products, None
         if self.factor is None:
             return False
         c, theta = self.col, self.theta
-        gs, gy = self._logical(self.space.dot(self._block(), g))
+        block = self._block()
+        if cached is not None and cached[0] is g and cached[1] == _version(g):
+            products = cached[2]  # g unchanged since update_step: its products are already known
+        else:
+            products = self.space.dot(block, g)
+        gs, gy = self._logical(products)
         wv = torch.from_numpy(np.concatenate([-gy, -theta * gs]))[:, None]  # W'r with r = -g
         v = torch.linalg.solve_triangular(self.factor.T, wv, upper=False)
         v[:c] = -v[:c]
         z = torch.linalg.solve_triangular(self.factor, v, upper=True)[:, 0].numpy()
-        coef = np.zeros((c, 2))  # per physical slot: (coefficient of s, of y)
-        order = [(self.head + j) % self.m for j in range(c)]
-        coef[order, 0], coef[order, 1] = z[c:], z[:c] / theta
+        coef = np.zeros((block.shape[0] // 2, 2))  # per physical slot: (coefficient of y, of s); 0 for the spare
+        order = [(self.head + j) % self.slots for j in range(c)]
+        coef[order, 0], coef[order, 1] = z[:c] / theta, z[c:]
         # out = (-g + Y z_y / theta + S z_s) / theta in one pass over the memory (subsm's d, then its dscal).
         coef_t = torch.from_numpy(coef.reshape(-1) / theta).to(out.device, out.dtype)
-        torch.addmv(g, self._block().T, coef_t, beta=-1.0 / theta, out=out)
+        torch.addmv(g, block.T, coef_t, beta=-1.0 / theta, out=out)
         return True
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's version counter (bumped by every in-place write, through any view); None for an
+    inference-mode tensor, which keeps none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 # -- mainlb and the driver's loop ------------------------------------------------------------------------------
@@ -251,8 +309,15 @@ class _Run:
     def __init__(self, x: torch.Tensor, g: torch.Tensor, evaluate: Callable[[], float], options: LBFGSBOptions,
                  space: LocalSpace) -> None:
         self.x, self.g, self.evaluate_fn, self.o, self.space = x, g, evaluate, options, space
-        self.d, self.t, self.r = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
         self.memory = LBFGSMemory(x.numel(), options.m, min(options.m, max(options.maxiter, 1)), x, space)
+        # Besides x and g, the long vectors live in the memory's buffer: d in its scratch row, and the line
+        # search's start point t and gradient r in the spare slot (``_line_search``), whose rows the new pair
+        # then takes. With n = 6.3M float32 one vector is 25 MB.
+        self.d = self.memory.scratch()
+        self.t, self.r = self.memory.spare()
+        # Evenly spread entries where ``_evaluate_at`` checks whether x surely moves.
+        self.probe = torch.linspace(0, x.numel() - 1, min(x.numel(), 256), device=x.device).long()
+        self.tiny = 16.0 * torch.finfo(x.dtype).eps
         self.f = self.fold = self.gd = self.gdold = self.stp = self.dtd = 0.0
         self.nfev = self.nit = self.iter = self.nfev_at_start = 0
         self.x_is_last = False  # whether x holds the point evaluated last (not so after a failed line search)
@@ -265,11 +330,26 @@ class _Run:
     def _evaluate_at(self, stp: float) -> None:
         """x := t + stp d and evaluate there, unless x is bitwise the last x evaluated: SciPy's ScalarFunction
         then returns its cached f and g without counting an evaluation."""
-        new = self.t + self.d if stp == 1.0 else torch.add(self.t, self.d, alpha=stp)
-        if self.x_is_last and torch.equal(new, self.x):
-            return
-        self.x.copy_(new)
+        if self.x_is_last and not self._surely_moves(stp):
+            new = self.t + self.d if stp == 1.0 else torch.add(self.t, self.d, alpha=stp)
+            if torch.equal(new, self.x):
+                return
+            self.x.copy_(new)
+        elif stp == 1.0:
+            torch.add(self.t, self.d, out=self.x)  # the same sum as t + d, without a temporary and a copy
+        else:
+            torch.add(self.t, self.d, alpha=stp, out=self.x)
         self._evaluate()
+
+    def _surely_moves(self, stp: float) -> bool:
+        """Whether t + stp d differs from x in some probed entry by more than any rounding of the sum can
+        explain (16 eps of the largest term): then x := t + stp d cannot leave x as it is, and the full
+        compare is not needed. False proves nothing."""
+        # One small transfer to the host, float64 there (exact for float32 values; MPS has no float64).
+        t, d, x = torch.stack([v[self.probe] for v in (self.t, self.d, self.x)]).cpu().double()
+        step = stp * d
+        scale = torch.maximum(torch.maximum(t.abs(), step.abs()), x.abs())
+        return bool(((t + step - x).abs() > self.tiny * scale).any())
 
     def run(self) -> LBFGSBResult:
         """Iterate until a stopping test or a limit; the buffers hold the final x and g."""
@@ -319,8 +399,10 @@ class _Run:
         dnorm = math.sqrt(float(self.space.dot(self.d, self.d)))
         self.dtd = dnorm**2
         stp = (min(1.0 / dnorm, STPMAX) if dnorm > 0 else STPMAX) if self.iter == 0 else 1.0
+        self.t, self.r = self.memory.spare()  # the memory's free rows (a pair or a reset moves them)
         self.t.copy_(self.x)
-        self.r.copy_(self.g)
+        if not self.memory.holds_copy(self.g, self.r):  # the last update copied g there already
+            self.r.copy_(self.g)
         self.fold, self.nfev_at_start = self.f, self.nfev
         search, tries = None, 0
         while True:
