@@ -170,6 +170,25 @@ def test_steps_that_round_away_or_move_a_few_ulps_are_scipys(offset, steps):
         assert our_run[0].nit >= 2 and our_run[0].success
 
 
+def test_whether_x_moved_is_decided_by_the_space_for_every_process():
+    """Sharded, one rank's x may stay bitwise put while another's moves; the evaluation is collective, so the
+    run must ask the space (which all-reduces) rather than decide alone. Here the 'other ranks' report a move
+    at every step: the step that rounds away locally (SciPy skips it and ends ABNORMAL after 1 evaluation) is
+    evaluated, and the run asks the space about every line-search step."""
+    asked = []
+
+    class OthersMove(LocalSpace):
+        def any_true(self, flag, like):
+            asked.append(bool(flag))
+            return True
+
+    x0 = torch.from_numpy(np.full(4, 3e16) + np.array([64.0, -128.0, 256.0, 512.0]))
+    alone = minimize_lbfgsb(lambda x: (0.5 * ((x - 3e16) ** 2).sum(), x - 3e16), x0)
+    assert (alone.nfev, alone.message) == (1, "ABNORMAL: ")
+    together = minimize_lbfgsb(lambda x: (0.5 * ((x - 3e16) ** 2).sum(), x - 3e16), x0, space=OthersMove())
+    assert together.nfev > 1 and asked and not asked[0], f"nfev {together.nfev}, local answers {asked}"
+
+
 # --------------------------------------------------------------------------- the limited-memory matrix
 
 

@@ -214,6 +214,12 @@ class ShardedSpace:
         dist.all_reduce(flat, group=self.group)
         return flat.reshape(out.shape)
 
+    def any_true(self, flag: bool, like: torch.Tensor) -> bool:
+        """Whether ``flag`` holds on any rank (one all-reduce of a number on ``like``'s device)."""
+        t = torch.tensor([1.0 if flag else 0.0], dtype=like.dtype, device=like.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(t.item() > 0)
+
     def norm_inf(self, a: torch.Tensor) -> torch.Tensor:
         """max |a_i| over the whole vector (NaN if any rank holds a NaN)."""
         local = a.abs().amax()

@@ -54,7 +54,7 @@ Fun = Callable[[torch.Tensor], tuple["torch.Tensor | float", torch.Tensor]]
 class LocalSpace:
     """Inner products and norms of vectors held whole on one device.
 
-    The optimiser reduces a long vector only through these two methods; a vector sharded across processes
+    The optimiser reduces a long vector only through these methods; a vector sharded across processes
     passes a space whose methods all-reduce the local results (everything else it does is elementwise).
     """
 
@@ -63,6 +63,11 @@ class LocalSpace:
         vectors and b (n,) or (n, j), the (k,) or (k, j) products in one pass (a sharded space all-reduces
         whatever shape it gets)."""
         return torch.matmul(a, b)
+
+    def any_true(self, flag: bool, like: torch.Tensor) -> bool:
+        """Whether ``flag`` holds for any part of the vector (here: the whole of it); ``like`` gives the device
+        a sharded space reduces on."""
+        return flag
 
     def norm_inf(self, a: torch.Tensor) -> torch.Tensor:
         """max |a_i| as a 0-d tensor (NaN if any entry is NaN, as SciPy's ``projgr``)."""
@@ -330,16 +335,21 @@ class _Run:
     def _evaluate_at(self, stp: float) -> None:
         """x := t + stp d and evaluate there, unless x is bitwise the last x evaluated: SciPy's ScalarFunction
         then returns its cached f and g without counting an evaluation."""
-        if self.x_is_last and not self._surely_moves(stp):
-            new = self.t + self.d if stp == 1.0 else torch.add(self.t, self.d, alpha=stp)
-            if torch.equal(new, self.x):
-                return
-            self.x.copy_(new)
-        elif stp == 1.0:
+        if self.x_is_last and not self._moves(stp):
+            return
+        if stp == 1.0:
             torch.add(self.t, self.d, out=self.x)  # the same sum as t + d, without a temporary and a copy
         else:
             torch.add(self.t, self.d, alpha=stp, out=self.x)
         self._evaluate()
+
+    def _moves(self, stp: float) -> bool:
+        """Whether x := t + stp d changes x anywhere. Decided alike on every process of a sharded vector (through
+        the space): the evaluation that follows is collective, so one rank skipping it would hang the others."""
+        if self.space.any_true(self._surely_moves(stp), self.x):
+            return True
+        new = self.t + self.d if stp == 1.0 else torch.add(self.t, self.d, alpha=stp)
+        return self.space.any_true(not torch.equal(new, self.x), self.x)
 
     def _surely_moves(self, stp: float) -> bool:
         """Whether t + stp d differs from x in some probed entry by more than any rounding of the sum can
