@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from perf.trees import add_tree_arguments, alternate, trees_of
 
 # A worker runs with its tree first on PYTHONPATH, so this is that tree's optimiser.
 from glocalk.optim import minimize_lbfgsb
@@ -91,17 +92,6 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def run_worker(src: str, spec: dict) -> dict:
-    """One worker subprocess with ``src`` first on PYTHONPATH; its result."""
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, text=True,
-                          capture_output=True, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    raise SystemExit(f"worker for {src} failed:\n{proc.stderr[-3000:]}")
-
-
 def uptime() -> str:
     """The machine's ``uptime`` line (load averages)."""
     try:
@@ -152,20 +142,18 @@ def summarise(runs: dict[str, list[dict]], sizes: list[int]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Alternate the trees' workers, then write the markdown report and the raw JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
-                   help="a source tree to time (DIR holds the glocalk package); repeatable (default: this one)")
+    add_tree_arguments(p)
     p.add_argument("--sizes", default="1.2M,6.3M", help="comma-separated vector lengths (default 1.2M,6.3M)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     p.add_argument("--iters", type=int, default=40, help="L-BFGS-B iterations per run (default 40)")
     p.add_argument("--reps", type=int, default=2, help="timed runs per size and worker (default 2)")
     p.add_argument("--rounds", type=int, default=2, help="workers per tree, alternating (default 2)")
     p.add_argument("--out", default=None, help="folder for threads<T>.md and threads<T>.json (default: print)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(RESULT_MARK + json.dumps(worker(json.loads(args.worker))))
         return 0
-    trees = dict(t.split("=", 1) for t in args.tree) or {"this": str(REPO / "src")}
+    trees = trees_of(args, REPO / "src")
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     spec = {"sizes": sizes, "threads": args.threads, "iters": args.iters, "reps": args.reps}
     res = {"command": "python benchmarks/optimizer_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -173,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
            "torch": torch.__version__, "threads": args.threads, "iters": args.iters, "reps": args.reps,
            "rounds": args.rounds, "trees": trees}
-    runs: dict[str, list[dict]] = {name: [] for name in trees}
-    for r in range(args.rounds):
-        for name, src in trees.items():
-            print(f"round {r + 1}: {name} (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
-            runs[name].append(run_worker(src, spec))
+    runs = alternate(__file__, trees, spec, RESULT_MARK, args.rounds)
     res.update(uptime_end=uptime(), runs=runs, rows=summarise(runs, sizes))
     text = render(res)
     if args.out:

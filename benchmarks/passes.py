@@ -40,13 +40,13 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from perf.trees import add_tree_arguments, alternate, trees_of
 
 # A worker runs with its tree first on PYTHONPATH, so these are that tree's modules (the old API
 # used here is unchanged since the sparse execution came in).
@@ -146,17 +146,6 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def run_worker(src: str, spec: dict) -> dict:
-    """One worker subprocess with ``src`` first on PYTHONPATH; its result."""
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, text=True,
-                          capture_output=True, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    raise SystemExit(f"worker for {src} failed:\n{proc.stderr[-3000:]}")
-
-
 def median_of(runs: list[dict], threads: str, key: str, field: str) -> float:
     """Median over rounds of one timed figure."""
     return statistics.median(r["threads"][threads][key][field] for r in runs)
@@ -230,8 +219,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Alternate the trees' workers, then write the report and the raw JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
-                   help="a source tree to time (DIR holds the glocalk package); repeatable (default: this one)")
+    add_tree_arguments(p)
     p.add_argument("--dataset", default="ml-1m")
     p.add_argument("--data-dir", default=os.environ.get("GLOCALK_DATA"))
     p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
@@ -239,21 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default=None, help="markdown report (default: print it)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(RESULT_MARK + json.dumps(worker(json.loads(args.worker))))
         return 0
-    trees = dict(t.split("=", 1) for t in args.tree) or {"this": str(REPO / "src")}
+    trees = trees_of(args, REPO / "src")
     threads = [int(t) for t in args.threads.split(",")]
     spec = {"dataset": args.dataset, "data_dir": args.data_dir, "threads": threads, "reps": args.reps,
             "warmup": args.warmup}
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    runs: dict[str, list[dict]] = {name: [] for name in trees}
-    for r in range(args.rounds):
-        for name, src in trees.items():
-            print(f"round {r + 1}: {name} (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
-            runs[name].append(run_worker(src, spec))
+    runs = alternate(__file__, trees, spec, RESULT_MARK, args.rounds)
     loads = [x for rs in runs.values() for r in rs for x in (r["loadavg_start"][0], r["loadavg_end"][0])]
     res = {"command": "python benchmarks/passes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "started": started, "machine": machine(), "dataset": args.dataset, "rounds": args.rounds,
