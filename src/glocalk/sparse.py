@@ -183,8 +183,17 @@ def csr_mm(m: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     size = dense.element_size()
     if (dense.device.type != "cpu" or k <= CSR_MM_BLOCK or dense.numel() * size < CSR_MM_BLOCK_MIN_BYTES
             or dense.shape[0] * CSR_MM_BLOCK * size > CSR_MM_BLOCK_MAX_BYTES):
-        return m @ dense
-    return torch.cat([m @ dense[:, i: i + CSR_MM_BLOCK].contiguous() for i in range(0, k, CSR_MM_BLOCK)], 1)
+        return _csr_product(m, dense)
+    return torch.cat([_csr_product(m, dense[:, i: i + CSR_MM_BLOCK].contiguous()) for i in range(0, k, CSR_MM_BLOCK)],
+                     1)
+
+
+def _csr_product(m: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """m @ dense, written into a fresh buffer: ``addmm_`` with beta 0 ignores the buffer's contents (rows
+    without entries come out 0), while ``m @ dense`` zero-fills a result and copies it once more around the
+    sparse product (~1 ms per (1682 x 500) product, several per pass). Bit for bit the same values."""
+    out = torch.empty((m.shape[0], dense.shape[1]), dtype=dense.dtype, device=dense.device)
+    return out.addmm_(m, dense, beta=0.0)
 
 
 class _SpMM(torch.autograd.Function):
