@@ -197,7 +197,7 @@ class _KernelWeight(torch.autograd.Function):
         # The same arithmetic as addcmul(w * c, g_wk, k), in place: one (n_in, n_out) allocation, not two.
         g_w = torch.mul(w, lambda_2 * g_reg).addcmul_(g_wk, k)
         g_k = torch.mul(k, lambda_s * g_reg).addcmul_(g_wk, w)
-        g_k.mul_(k > 0)  # no gradient where the kernel is clamped at 0
+        g_k.masked_fill_(k <= 0, 0.0)  # no gradient where the kernel is clamped at 0 (no float copy of the mask)
         # K = 1 - dist2 where positive, so d/d dist2 = -g_k; d dist2 / d u_i = 2 (u_i - v_j).
         g_u = -2.0 * (u * g_k.sum(1, keepdim=True) - g_k @ v)
         g_v = -2.0 * (v * g_k.sum(0).unsqueeze(1) - g_k.T @ u)

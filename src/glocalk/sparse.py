@@ -129,7 +129,7 @@ class SparsePattern:
         if keep and cached is not None and cached[0] is values and cached[1] == values._version:
             t_values = cached[2]
         else:
-            t_values = values[t_perm]
+            t_values = values.index_select(0, t_perm)  # takes int32 indices as they are ([] converts them)
             if keep:
                 self._t_values = (values, values._version, t_values)
         return _csr_tensor(t_crow, t_col, t_values, (self.shape[1], self.shape[0]))
