@@ -15,11 +15,11 @@ import scipy.optimize
 import torch
 from conftest import tiny_ratings
 
+from glocalk.epoch import host_assign, host_flat
 from glocalk.errors import ConfigError
 from glocalk.inputs import prepare_input
 from glocalk.model import GLocalK, GLocalKConfig
 from glocalk.optim import LBFGSB, LBFGSBOptions, LBFGSMemory, LocalSpace, minimize_lbfgsb
-from glocalk.train import host_assign, host_flat
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,10 +22,11 @@ import scipy.sparse as sp
 import torch
 
 from glocalk.data.matrix import RatingMatrix
+from glocalk.epoch import any_nonfinite, host_assign, host_flat
 from glocalk.errors import CheckpointError, ConfigError, DataError, TrainingError
 from glocalk.inputs import choose_execution
 from glocalk.model import GLocalKConfig
-from glocalk.train import TrainConfig, Trainer, any_nonfinite, host_assign, host_flat, lbfgs_epoch, summarise
+from glocalk.train import TrainConfig, Trainer, lbfgs_epoch, summarise
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse"), pytest.mark.usefixtures("one_torch_thread")]
 

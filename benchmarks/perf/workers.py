@@ -17,10 +17,11 @@ import torch
 from glocalk.data.datasets import load_dataset
 from glocalk.data.matrix import RatingMatrix
 from glocalk.data.synthetic import make_ratings
+from glocalk.epoch import host_assign, host_flat
 from glocalk.inputs import prepare_input
 from glocalk.model import GLocalK
 from glocalk.presets import preset, split_config
-from glocalk.train import Trainer, host_assign, host_flat
+from glocalk.train import Trainer
 
 from .common import PHASE_MARK, RESULT_MARK, epoch_totals
 from .machine import peak_rss_mb, proc_rss_mb

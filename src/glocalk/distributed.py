@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from glocalk.data.matrix import RatingMatrix
+from glocalk.epoch import any_nonfinite
 from glocalk.errors import CheckpointError, ConfigError, GlocalkError, TrainingError
 from glocalk.inputs import choose_execution
 from glocalk.model import GLocalK, GLocalKConfig, Stage
@@ -45,7 +46,6 @@ from glocalk.train import (
     TrainConfig,
     Trainer,
     TrainResult,
-    any_nonfinite,
     check_identity,
     resolve_device,
     training_mean,
