@@ -16,6 +16,7 @@ The flag changes results only where a value would be a denormal: every such valu
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
 import threading
 from collections.abc import Iterator
@@ -37,8 +38,10 @@ def _thread_flushes() -> bool:
     return float(x * 1.0) == 0.0
 
 
+@functools.cache
 def _libgomp() -> ctypes.CDLL | None:
-    """torch's own OpenMP runtime (already loaded; the same library, hence the same thread team), or None."""
+    """torch's own OpenMP runtime (already loaded; the same library, hence the same thread team), or None.
+    Looked up once per process: the loaded libraries do not change."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
         return None

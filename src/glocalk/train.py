@@ -164,17 +164,16 @@ class Trainer:
                 self.splits[name] = _Split(m, self.device)
         self.history: list[dict] = []
         self.selected_state: dict[str, torch.Tensor] | None = None
-        # The last training pass's hidden layer and output weights (detached), and whether the parameters
-        # are still those of that pass: the evaluation after an epoch then only decodes.
-        self._last_pass: tuple[int, torch.Tensor, list] | None = None
-        self._last_pass_current = False
+        # Within an epoch: the last training pass's hidden layer and output weights (detached); kept for the
+        # evaluation after it only when the epoch ends at that pass's parameters (then it only decodes).
+        self._last_pass: tuple[torch.Tensor, list] | None = None
 
     def _training_loss(self, stage: int) -> torch.Tensor:
         """One training pass's loss; keeps its hidden layer and output weights for the evaluation."""
         self._last_pass = None  # never two passes' tensors alive at once
         loss, h, weights = self.model.loss_and_hidden(self.input, stage)
         w, b = weights[-1]
-        self._last_pass = (stage, h.detach(), [(w.detach(), b.detach())])
+        self._last_pass = (h.detach(), [(w.detach(), b.detach())])
         return loss
 
     # -- evaluation ------------------------------------------------------------------
@@ -182,9 +181,8 @@ class Trainer:
     def _hidden(self, stage: int) -> tuple[torch.Tensor, list]:
         """The last hidden layer and weights for prediction: the last pass's when it was at the current
         parameters (an epoch of ``lbfgsb`` usually ends at the point it evaluated last), else encoded anew."""
-        last = self._last_pass
-        if self._last_pass_current and last is not None and last[0] == stage:
-            return last[1], last[2]
+        if self._last_pass is not None:
+            return self._last_pass
         return self.model.hidden_representation(self.input, stage)
 
     @torch.no_grad()
@@ -255,19 +253,19 @@ class Trainer:
         stage, stage_epoch = self.stage_of(epoch)
         params = self.model.network_parameters() if stage == 1 else self.model.finetune_parameters()
         t0 = time.perf_counter()
-        self._last_pass_current = False
-        opt = lbfgs_epoch(params, lambda: self._training_loss(stage), c.iter_p if stage == 1 else c.iter_f,
-                          c.optimizer)
-        self._last_pass_current = opt.pop("at_last_pass", False)
-        t1 = time.perf_counter()
-        if not math.isfinite(opt["loss"]):
-            raise TrainingError(
-                f"non-finite loss ({opt['loss']}) in stage {stage} epoch {stage_epoch}: the "
-                "optimisation diverged; try a larger lambda_2 or a smaller dot_scale")
         try:
+            opt = lbfgs_epoch(params, lambda: self._training_loss(stage), c.iter_p if stage == 1 else c.iter_f,
+                              c.optimizer)
+            if not opt.pop("at_last_pass", False):
+                self._last_pass = None  # the parameters moved after it (or the optimiser cannot tell)
+            t1 = time.perf_counter()
+            if not math.isfinite(opt["loss"]):
+                raise TrainingError(
+                    f"non-finite loss ({opt['loss']}) in stage {stage} epoch {stage_epoch}: the "
+                    "optimisation diverged; try a larger lambda_2 or a smaller dot_scale")
             rec = {"epoch": epoch, "stage": stage, "stage_epoch": stage_epoch, **opt, **self.evaluate(stage)}
         finally:  # the kept pass serves this evaluation only: the parameters may change after it
-            self._last_pass, self._last_pass_current = None, False
+            self._last_pass = None
         rec["seconds"] = t1 - t0
         rec["eval_seconds"] = time.perf_counter() - t1
         return rec
